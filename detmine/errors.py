@@ -1,0 +1,26 @@
+"""Exceptions whose message is a complete, one-line explanation for the user.
+
+The command-line tools catch :class:`DetmineError` and print ``error: <message>``
+without a traceback, so every message must name the file / key / value at fault
+and what was expected.
+"""
+
+
+class DetmineError(Exception):
+    """Base class: a user-facing error with a one-line message."""
+
+
+class ConfigError(DetmineError):
+    """A config key, type or value is wrong (message names the key and the valid choices)."""
+
+
+class DataError(DetmineError):
+    """A dataset file, annotation or split is unusable (message names the file and the item)."""
+
+
+class CheckpointError(DetmineError):
+    """A checkpoint or weights file is missing, corrupt or does not fit the model."""
+
+
+class NonFiniteError(DetmineError):
+    """A tensor that must be finite (logits, a loss) contains NaN or Inf."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install detmine with its dev extras into it.
+# torch/torchvision are pinned to releases pip can take from the local wheel cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q -e ".[dev]"
