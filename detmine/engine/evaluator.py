@@ -1,0 +1,444 @@
+"""COCO (and VOC) evaluation of a detector's predictions over a dataset.
+
+Detections arrive in original-image pixels with contiguous labels ``1..K``; they are written
+as COCO results (``xywh`` boxes, the dataset's own category ids) and scored against
+``dataset.coco_gt_dict()`` with faster-coco-eval (default) or pycocotools -- both give the
+same numbers, faster-coco-eval ~10x faster. VOC datasets also get the VOC07 11-point and
+area-under-curve mAP at IoU 0.5 (``detmine.engine.voc_eval``).
+
+Distributed use: every rank calls :meth:`CocoEvaluator.process` on its shard, then
+:meth:`CocoEvaluator.summarize` (a collective call when ``gather_fn`` is given); rank 0 gets
+the :class:`EvalResult`, the others ``None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detmine.engine.coco_table import (
+    COCO_STAT_NAMES,
+    format_coco_summary,
+    format_per_class_table,
+    format_voc_summary,
+)
+from detmine.engine.voc_eval import voc_evaluate
+from detmine.errors import ConfigError, DataError
+from detmine.structures import Detections, Target
+
+__all__ = ["BACKENDS", "CocoEvaluator", "EvalResult", "coco_bbox_eval", "evaluate"]
+
+BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
+METRICS: tuple[str, ...] = ("coco", "voc")
+
+GatherFn = Callable[[list], list]
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produces.
+
+    Attributes:
+        stats: the 12 COCO numbers (``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs,
+            ARm, ARl``, in 0..1; -1 where the split has no ground truth in that range, as
+            pycocotools reports it) plus ``VOC07_mAP`` / ``VOC_mAP`` when VOC metrics ran.
+        per_class_ap: class name -> COCO AP@[.5:.95] (NaN when the class has no ground truth).
+        table: the printable COCO summary + VOC lines + per-class AP table.
+        precision: COCOeval ``eval["precision"]``, ``[T=10 IoUs, R=101 recalls, K classes,
+            A=4 areas, M=3 maxDets]``, -1 = undefined; K follows sorted category ids.
+            None when COCO metrics did not run.
+        class_names: names of the K classes in the order of ``precision``'s K axis.
+        per_class_voc_ap: class name -> VOC area-under-curve AP (empty without VOC metrics).
+    """
+
+    stats: dict[str, float]
+    per_class_ap: dict[str, float]
+    table: str
+    precision: np.ndarray | None
+    class_names: list[str]
+    per_class_voc_ap: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metrics (NaN -> None); ``precision`` and ``table`` are left out."""
+
+        def clean(values: dict[str, float]) -> dict[str, float | None]:
+            return {k: (None if math.isnan(v) else float(v)) for k, v in values.items()}
+
+        return {
+            "stats": clean(self.stats),
+            "per_class_ap": clean(self.per_class_ap),
+            "per_class_voc_ap": clean(self.per_class_voc_ap),
+        }
+
+
+def _prepare_gt(gt: dict) -> dict:
+    """A copy of a COCO GT dict fit for both backends.
+
+    Annotation ids are renumbered 1..N (pycocotools treats a GT id of 0 as "unmatched", a
+    silent bug); a missing ``area`` becomes ``w * h``, a missing ``iscrowd`` 0.
+    """
+    for key in ("images", "annotations", "categories"):
+        if key not in gt:
+            raise DataError(f"coco_gt_dict() has no '{key}' list; expected COCO ground truth")
+    annotations = []
+    for i, ann in enumerate(gt["annotations"], start=1):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        annotations.append(
+            {
+                "id": i,
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [x, y, w, h],
+                "area": float(ann.get("area", w * h)),
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            }
+        )
+    return {
+        "info": dict(gt.get("info", {})),
+        "images": [dict(img) for img in gt["images"]],
+        "annotations": annotations,
+        "categories": [dict(c) for c in gt["categories"]],
+    }
+
+
+def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # pycocotools' loadRes indexes anns[0]: build the empty result set ourselves
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
+            coco_dt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
+
+
+def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    def quiet(*_: Any) -> None:
+        return None
+
+    coco_gt = COCO(gt, print_function=quiet)
+    coco_dt = coco_gt.loadRes(results)
+    coco_eval = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
+    if image_ids is not None:
+        coco_eval.params.imgIds = sorted(image_ids)
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval
+
+
+def coco_bbox_eval(
+    gt: dict, results: list[dict], backend: str = "faster_coco_eval", image_ids: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Run COCO bbox evaluation with one backend.
+
+    Args:
+        gt: COCO ground-truth dict (passed through :func:`_prepare_gt`).
+        results: COCO result dicts ``{"image_id", "category_id", "bbox" xywh, "score"}``; not
+            modified (the backends annotate their input, so they get copies).
+        backend: "faster_coco_eval" or "pycocotools".
+        image_ids: restrict the evaluation to these images (default: all GT images).
+
+    Returns:
+        stats ``[12]`` (COCOeval.stats order), precision ``[T, R, K, A, M]``, the sorted
+        category ids of the K axis.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"evaluation backend '{backend}' is unknown; valid: {', '.join(BACKENDS)}")
+    gt = _prepare_gt(gt)
+    results = [dict(r) for r in results]
+    runner = _run_faster_coco_eval if backend == "faster_coco_eval" else _run_pycocotools
+    coco_eval = runner(gt, results, image_ids)
+    stats = np.asarray(coco_eval.stats[: len(COCO_STAT_NAMES)], dtype=np.float64)
+    precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)
+    return stats, precision, [int(c) for c in coco_eval.params.catIds]
+
+
+def _default_is_main() -> bool:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return True
+
+
+def _is_voc_dataset(dataset: Any) -> bool:
+    return "voc" in type(dataset).__name__.lower()
+
+
+class CocoEvaluator:
+    """Accumulates detections over a dataset and computes COCO (and VOC) metrics.
+
+    Args:
+        dataset: a detmine dataset (``coco_gt_dict()``, ``contiguous_to_category_id``,
+            ``category_id_to_contiguous``, ``class_names``).
+        backend: "faster_coco_eval" (default) or "pycocotools"; identical numbers.
+        iou_type: only "bbox" (dense detectors predict boxes).
+        metrics: subset of ("coco", "voc"); default ("coco", "voc") for VOC datasets, else
+            ("coco",).
+        gather_fn: all-gather of a picklable object across ranks, returning the list of every
+            rank's object (``torch.distributed.all_gather_object`` semantics); a flat list of
+            the gathered items is accepted too. None = single process.
+        is_main: whether this rank summarises (default: rank 0, or True without
+            torch.distributed).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        backend: str = "faster_coco_eval",
+        iou_type: str = "bbox",
+        metrics: Iterable[str] | None = None,
+        gather_fn: GatherFn | None = None,
+        is_main: bool | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"evaluation backend '{backend}' is unknown; valid: {', '.join(BACKENDS)}")
+        if iou_type != "bbox":
+            raise ConfigError(f"evaluation iou_type '{iou_type}' is not supported; valid: bbox")
+        if metrics is None:
+            metrics = ("coco", "voc") if _is_voc_dataset(dataset) else ("coco",)
+        self.metrics = tuple(metrics)
+        for m in self.metrics:
+            if m not in METRICS:
+                raise ConfigError(f"evaluation metric '{m}' is unknown; valid: {', '.join(METRICS)}")
+        self.backend = backend
+        self.gather_fn = gather_fn
+        self.is_main = _default_is_main() if is_main is None else is_main
+        self._gt = _prepare_gt(dataset.coco_gt_dict())
+        self._gt_image_ids = {int(img["id"]) for img in self._gt["images"]}
+        self._contiguous_to_cat = {int(k): int(v) for k, v in dataset.contiguous_to_category_id.items()}
+        names = list(dataset.class_names)
+        cat_to_contiguous = {int(k): int(v) for k, v in dataset.category_id_to_contiguous.items()}
+        gt_names = {int(c["id"]): str(c.get("name", c["id"])) for c in self._gt["categories"]}
+        self._cat_names = {
+            cat: names[cat_to_contiguous[cat] - 1] if cat in cat_to_contiguous else gt_names[cat]
+            for cat in gt_names
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all processed detections."""
+        self._results: dict[int, list[dict]] = {}
+        self._synchronized = False
+
+    def process(self, targets: Sequence[Target], detections: Sequence[Detections]) -> None:
+        """Add the detections of one batch.
+
+        Args:
+            targets: per image, at least ``image_id``.
+            detections: per image, ``boxes [D, 4]`` xyxy in original pixels, ``scores [D]``,
+                ``labels [D]`` contiguous ``1..K``.
+        """
+        if len(targets) != len(detections):
+            raise DataError(
+                f"evaluator got {len(targets)} targets but {len(detections)} detections for one batch"
+            )
+        for target, det in zip(targets, detections, strict=True):
+            image_id = int(target["image_id"])
+            if image_id not in self._gt_image_ids:
+                raise DataError(f"evaluator: image_id {image_id} is not in the dataset's ground truth")
+            if image_id in self._results:  # a distributed sampler pads with repeated images
+                continue
+            boxes = det["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            scores = det["scores"].detach().to("cpu", torch.float64).reshape(-1).tolist()
+            labels = det["labels"].detach().to("cpu").reshape(-1).tolist()
+            entries = []
+            for box, score, label in zip(xywh, scores, labels, strict=True):
+                category_id = self._contiguous_to_cat.get(int(label))
+                if category_id is None:
+                    raise DataError(
+                        f"evaluator: detection label {label} on image {image_id} is not a contiguous class id "
+                        f"(valid: 1..{len(self._contiguous_to_cat)})"
+                    )
+                entries.append(
+                    {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score}
+                )
+            self._results[image_id] = entries
+
+    def synchronize(self) -> None:
+        """Gather every rank's results (collective when ``gather_fn`` is set; idempotent)."""
+        if self._synchronized or self.gather_fn is None:
+            self._synchronized = True
+            return
+        payload = [{"image_id": k, "results": v} for k, v in self._results.items()]
+        gathered = self.gather_fn(payload)
+        items = (
+            [x for part in gathered for x in part] if gathered and isinstance(gathered[0], list) else gathered
+        )
+        merged: dict[int, list[dict]] = {}
+        for item in items:
+            merged.setdefault(int(item["image_id"]), item["results"])  # first occurrence wins
+        self._results = merged
+        self._synchronized = True
+
+    @property
+    def image_ids(self) -> list[int]:
+        """Ids of the images processed so far (on this rank, or all ranks after synchronize)."""
+        return sorted(self._results)
+
+    def results_json(self) -> list[dict]:
+        """COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``."""
+        return [r for image_id in sorted(self._results) for r in self._results[image_id]]
+
+    def write_results(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`results_json` as a COCO results file; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.results_json(), f)
+        return path
+
+    def summarize(self) -> EvalResult | None:
+        """Gather (all ranks must call it) and compute the metrics; None on non-main ranks."""
+        self.synchronize()
+        if not self.is_main:
+            return None
+        results = self.results_json()
+        image_ids = self.image_ids
+        if not image_ids:
+            warnings.warn("evaluator: no image was processed; scoring an empty result set", stacklevel=2)
+            image_ids = sorted(self._gt_image_ids)
+        elif len(image_ids) < len(self._gt_image_ids):
+            warnings.warn(
+                f"evaluator: {len(image_ids)} of {len(self._gt_image_ids)} ground-truth images were processed; "
+                "the metrics cover those images only",
+                stacklevel=2,
+            )
+        stats: dict[str, float] = {}
+        per_class_ap: dict[str, float] = {}
+        precision = None
+        cat_ids = sorted(self._cat_names)
+        if "coco" in self.metrics:
+            values, precision, cat_ids = coco_bbox_eval(self._gt, results, self.backend, image_ids)
+            stats.update({name: float(v) for name, v in zip(COCO_STAT_NAMES, values, strict=True)})
+            for k, cat in enumerate(cat_ids):
+                p = precision[:, :, k, 0, -1]  # all IoUs and recalls, area "all", maxDets 100
+                per_class_ap[self._cat_names[cat]] = (
+                    float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+                )
+        per_class_voc: dict[str, float] = {}
+        if "voc" in self.metrics:
+            gt = self._gt
+            if len(image_ids) < len(self._gt_image_ids):
+                keep = set(image_ids)
+                gt = {
+                    **gt,
+                    "images": [img for img in gt["images"] if img["id"] in keep],
+                    "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
+                }
+            voc = voc_evaluate(gt, results)
+            stats["VOC07_mAP"] = voc.voc07_map
+            stats["VOC_mAP"] = voc.voc_map
+            per_class_voc = {self._cat_names[c]: v for c, v in voc.per_class_ap.items()}
+        class_names = [self._cat_names[c] for c in cat_ids]
+        return EvalResult(
+            stats=stats,
+            per_class_ap=per_class_ap,
+            table=self._table(stats, per_class_ap, per_class_voc, class_names),
+            precision=precision,
+            class_names=class_names,
+            per_class_voc_ap=per_class_voc,
+        )
+
+    @staticmethod
+    def _table(
+        stats: dict[str, float],
+        per_class_ap: dict[str, float],
+        per_class_voc: dict[str, float],
+        class_names: list[str],
+    ) -> str:
+        parts = []
+        if "AP" in stats:
+            parts.append(format_coco_summary(stats))
+        voc = format_voc_summary(stats)
+        if voc:
+            parts.append(voc)
+        columns = {}
+        if per_class_ap:
+            columns["AP"] = {n: per_class_ap[n] for n in class_names}
+        if per_class_voc:
+            columns["VOC AP"] = {n: per_class_voc[n] for n in class_names}
+        if columns:
+            parts.append("Per-class AP (%):\n" + format_per_class_table(columns))
+        return "\n\n".join(parts)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module behind DistributedDataParallel / DataParallel (which hide ``predict``)."""
+    return getattr(model, "module", model) if not hasattr(model, "predict") else model
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable,
+    dataset: Any,
+    backend: str = "faster_coco_eval",
+    device: torch.device | str | None = None,
+    gather_fn: GatherFn | None = None,
+    progress: bool = True,
+    metrics: Iterable[str] | None = None,
+    is_main: bool | None = None,
+) -> EvalResult | None:
+    """Predict over ``loader`` and score the detections with :class:`CocoEvaluator`.
+
+    Args:
+        model: a detector with ``predict(images, input_sizes=..., orig_sizes=...) ->
+            list[Detections]`` (DDP-wrapped is fine); put in eval mode for the run, then back
+            in the mode it had.
+        loader: yields ``(images uint8 [B, 3, H, W], targets: list[Target])``.
+        dataset: the dataset behind ``loader`` (ground truth + category mapping).
+        backend, metrics, gather_fn, is_main: see :class:`CocoEvaluator`.
+        device: where to run the model (default: the device of its first parameter).
+        progress: show a tqdm bar (main rank only).
+
+    Returns:
+        :class:`EvalResult` on the main rank, None on the others.
+    """
+    evaluator = CocoEvaluator(dataset, backend=backend, metrics=metrics, gather_fn=gather_fn, is_main=is_main)
+    net = _unwrap(model)
+    if device is None:
+        param = next(iter(net.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        bar = tqdm(loader, desc="eval", disable=not (progress and evaluator.is_main), dynamic_ncols=True)
+        for images, targets in bar:
+            if len(targets) == 0:
+                continue
+            with torch.no_grad():
+                detections = net.predict(
+                    images.to(device, non_blocking=True),
+                    input_sizes=[tuple(t["input_size"]) for t in targets],
+                    orig_sizes=[tuple(t["orig_size"]) for t in targets],
+                )
+            evaluator.process(targets, detections)
+    finally:
+        model.train(was_training)
+    return evaluator.summarize()
