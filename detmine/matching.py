@@ -1,0 +1,259 @@
+"""Anchor-to-ground-truth matching, batched over the images of a batch.
+
+Ground truth is padded to ``[B, G, 4]`` with a validity mask and compared with
+the anchors (shared by every image) in one IoU computation of shape
+``[B, G, A]`` -- no Python loop over images. The IoU is bit-for-bit
+``torchvision.ops.box_iou`` (same operations in the same order), so the
+matcher's decisions equal torchvision's ``Matcher`` / ``SSDMatcher`` image by
+image, ties included.
+
+Rules, in order (``q`` = best IoU of an anchor over the image's GT boxes):
+
+1. ``q >= fg_iou_thresh`` -> positive (label of the best GT);
+   ``bg_iou_thresh <= q < fg_iou_thresh`` -> ignore (-1); ``q < bg_iou_thresh``
+   -> background (0).
+2. ``allow_low_quality``: for every GT, the anchors with the highest IoU with it
+   (all of them on ties) become positive, matched to *their own* best GT
+   (torchvision's ``set_low_quality_matches_``).
+3. ``force_best_match`` (SSD): every GT's best anchor (first on ties) is matched
+   to that GT, the later GT winning when two share an anchor
+   (torchvision's ``SSDMatcher``).
+4. Ignore regions (COCO ``iscrowd``, VOC ``difficult``): a non-positive anchor
+   whose intersection with an ignore region covers at least
+   ``ignore_iof_thresh`` of the anchor's own area becomes ignore (-1).
+
+One deliberate difference from torchvision: steps 2 and 3 skip a GT whose best
+IoU is 0 (a box outside the image or smaller than any overlap). torchvision
+would then tie that GT with *every* anchor (low-quality) or force anchor 0
+(SSD); here such a box simply matches nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from detmine.errors import DataError
+from detmine.structures import Target
+
+
+@dataclass
+class MatchResult:
+    """Output of :class:`Matcher`.
+
+    Attributes:
+        labels: ``[B, A]`` int64: ``-1`` ignore, ``0`` background, ``1..K`` class.
+        matched_gt: ``[B, A]`` int64 index into the image's (padded) GT boxes of
+            the matched box; meaningful where ``labels > 0``.
+    """
+
+    labels: Tensor
+    matched_gt: Tensor
+
+
+@dataclass
+class PaddedTargets:
+    """Ground truth of a batch padded to a common number of boxes.
+
+    Attributes:
+        boxes: ``[B, G, 4]`` float xyxy (padding rows are zeros).
+        labels: ``[B, G]`` int64 (padding 0).
+        valid: ``[B, G]`` bool, False on padding rows.
+        ignore_boxes: ``[B, M, 4]`` float xyxy ignore regions (padding zeros).
+        ignore_valid: ``[B, M]`` bool.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+    ignore_boxes: Tensor
+    ignore_valid: Tensor
+
+
+def _pad(
+    tensors: list[Tensor], trailing: tuple[int, ...], dtype: torch.dtype, device
+) -> tuple[Tensor, Tensor]:
+    n = max((int(t.shape[0]) for t in tensors), default=0)
+    out = torch.zeros((len(tensors), n, *trailing), dtype=dtype, device=device)
+    valid = torch.zeros((len(tensors), n), dtype=torch.bool, device=device)
+    for i, t in enumerate(tensors):
+        k = int(t.shape[0])
+        if k:
+            out[i, :k] = t.to(device=device, dtype=dtype)
+            valid[i, :k] = True
+    return out, valid
+
+
+def _check_boxes(boxes: Tensor, valid: Tensor, what: str) -> None:
+    """One vectorised check (one host sync) for non-finite or inverted boxes."""
+    if boxes.numel() == 0:
+        return
+    bad = (
+        ~torch.isfinite(boxes).all(-1) | (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    ) & valid
+    if bool(bad.any()):
+        b, g = (int(v) for v in bad.nonzero()[0])
+        raise DataError(
+            f"target {b}: {what} {g} = {boxes[b, g].tolist()} is not a finite xyxy box with x2 >= x1 and y2 >= y1"
+        )
+
+
+def pad_targets(targets: list[Target], device: torch.device | str | None = None) -> PaddedTargets:
+    """Stack a list of :class:`~detmine.structures.Target` into padded tensors.
+
+    Raises:
+        DataError: a box or ignore region is non-finite or has ``x2 < x1`` / ``y2 < y1``.
+    """
+    empty = torch.zeros((0, 4))
+    boxes, valid = _pad([t["boxes"].reshape(-1, 4) for t in targets], (4,), torch.float32, device)
+    labels, _ = _pad([t["labels"].reshape(-1) for t in targets], (), torch.int64, device)
+    ign = [t.get("ignore_boxes", empty) for t in targets]
+    ignore_boxes, ignore_valid = _pad(
+        [(empty if i is None else i).reshape(-1, 4) for i in ign], (4,), torch.float32, device
+    )
+    _check_boxes(boxes, valid, "box")
+    _check_boxes(ignore_boxes, ignore_valid, "ignore box")
+    return PaddedTargets(boxes, labels, valid, ignore_boxes, ignore_valid)
+
+
+def _intersection(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """``[B, G, A]`` intersection areas of ``boxes [B, G, 4]`` with ``anchors [A, 4]``."""
+    b = boxes.unsqueeze(-2)  # [B, G, 1, 4]
+    w = torch.minimum(b[..., 2], anchors[:, 2]) - torch.maximum(b[..., 0], anchors[:, 0])
+    h = torch.minimum(b[..., 3], anchors[:, 3]) - torch.maximum(b[..., 1], anchors[:, 1])
+    return w.clamp_(min=0).mul_(h.clamp_(min=0))
+
+
+def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """``torchvision.ops.box_iou`` of each image's boxes with shared anchors.
+
+    Args:
+        boxes: ``[B, G, 4]`` xyxy.
+        anchors: ``[A, 4]`` xyxy.
+
+    Returns:
+        ``[B, G, A]`` IoU, equal to ``box_iou(boxes[b], anchors)`` for every ``b``.
+    """
+    area_b = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    area_a = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    inter = _intersection(boxes, anchors)
+    union = (area_b.unsqueeze(-1) + area_a) - inter
+    return inter.div_(union)
+
+
+class Matcher:
+    """IoU matcher with an ignore band, low-quality / forced matches and ignore regions.
+
+    Args:
+        fg_iou_thresh: IoU at or above which an anchor is positive.
+        bg_iou_thresh: IoU below which an anchor is background; anchors in
+            ``[bg_iou_thresh, fg_iou_thresh)`` are ignored (-1).
+        allow_low_quality: each GT also keeps its best anchor(s), ties included
+            (torchvision ``Matcher(allow_low_quality_matches=True)``).
+        force_best_match: each GT's single best anchor is matched to it (SSD).
+        ignore_iof_thresh: fraction of an anchor's area inside an ignore region
+            at which a non-positive anchor becomes ignore.
+    """
+
+    def __init__(
+        self,
+        *,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        allow_low_quality: bool = False,
+        force_best_match: bool = False,
+        ignore_iof_thresh: float = 0.5,
+    ) -> None:
+        if not 0.0 <= bg_iou_thresh <= fg_iou_thresh <= 1.0:
+            raise ValueError(
+                f"matcher thresholds need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, "
+                f"got bg_iou_thresh={bg_iou_thresh}, fg_iou_thresh={fg_iou_thresh}"
+            )
+        self.fg_iou_thresh = float(fg_iou_thresh)
+        self.bg_iou_thresh = float(bg_iou_thresh)
+        self.allow_low_quality = bool(allow_low_quality)
+        self.force_best_match = bool(force_best_match)
+        self.ignore_iof_thresh = float(ignore_iof_thresh)
+
+    @classmethod
+    def ssd(cls, **overrides) -> Matcher:
+        """SSD: 0.5 / 0.5 (no ignore band) plus each GT's forced best anchor."""
+        opts = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.5, allow_low_quality=False, force_best_match=True)
+        return cls(**{**opts, **overrides})
+
+    @classmethod
+    def retinanet(cls, **overrides) -> Matcher:
+        """RetinaNet: 0.5 / 0.4 with low-quality matches."""
+        opts = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality=True, force_best_match=False)
+        return cls(**{**opts, **overrides})
+
+    def __repr__(self) -> str:
+        return (
+            f"Matcher(fg_iou_thresh={self.fg_iou_thresh}, bg_iou_thresh={self.bg_iou_thresh}, "
+            f"allow_low_quality={self.allow_low_quality}, force_best_match={self.force_best_match}, "
+            f"ignore_iof_thresh={self.ignore_iof_thresh})"
+        )
+
+    def match_targets(self, anchors: Tensor, targets: list[Target]) -> MatchResult:
+        """Pad ``targets`` (see :func:`pad_targets`) and match them to ``anchors [A, 4]``."""
+        return self(anchors, pad_targets(targets, device=anchors.device))
+
+    def __call__(self, anchors: Tensor, gt: PaddedTargets) -> MatchResult:
+        """Match padded ground truth to anchors.
+
+        Args:
+            anchors: ``[A, 4]`` xyxy, shared by all images.
+            gt: padded boxes ``[B, G, 4]``, labels ``[B, G]``, ignore regions ``[B, M, 4]``.
+
+        Returns:
+            :class:`MatchResult` with ``labels`` and ``matched_gt`` of shape ``[B, A]``.
+        """
+        anchors = anchors.to(torch.float32)
+        num_images, num_gt = gt.valid.shape
+        num_anchors = anchors.shape[0]
+        device = anchors.device
+        if num_gt == 0:
+            labels = torch.zeros((num_images, num_anchors), dtype=torch.int64, device=device)
+            matched = torch.zeros_like(labels)
+        else:
+            labels, matched = self._match_boxes(anchors, gt)
+        if gt.ignore_boxes.shape[1] > 0:
+            self._apply_ignore_regions(anchors, gt, labels)
+        return MatchResult(labels=labels, matched_gt=matched)
+
+    def _match_boxes(self, anchors: Tensor, gt: PaddedTargets) -> tuple[Tensor, Tensor]:
+        iou = batched_box_iou(gt.boxes, anchors)  # [B, G, A]
+        # Padding rows can never win: real IoUs are >= 0.
+        iou.masked_fill_(~gt.valid.unsqueeze(-1), -1.0)
+        best_iou, matched = iou.max(dim=1)  # [B, A]; first GT on ties, as torchvision
+        positive = best_iou >= self.fg_iou_thresh
+        ignore = (best_iou >= self.bg_iou_thresh) & ~positive
+        if self.allow_low_quality or self.force_best_match:
+            best_per_gt, best_anchor = iou.max(dim=2)  # [B, G]
+            has_overlap = gt.valid & (best_per_gt > 0)
+        if self.allow_low_quality:
+            ties = iou == best_per_gt.unsqueeze(-1)
+            ties &= has_overlap.unsqueeze(-1)
+            low_quality = ties.any(dim=1)  # [B, A]
+            positive |= low_quality
+        if self.force_best_match:
+            gt_index = torch.arange(gt.valid.shape[1], device=anchors.device).expand_as(best_anchor)
+            forced = torch.full_like(matched, -1)
+            src = torch.where(has_overlap, gt_index, -1)
+            # last GT wins on a shared anchor, like torchvision's indexed assignment
+            forced.scatter_reduce_(1, best_anchor, src, reduce="amax", include_self=True)
+            is_forced = forced >= 0
+            matched = torch.where(is_forced, forced, matched)
+            positive |= is_forced
+        labels = torch.where(positive, gt.labels.gather(1, matched), 0)
+        labels.masked_fill_(ignore & ~positive, -1)
+        return labels, matched
+
+    def _apply_ignore_regions(self, anchors: Tensor, gt: PaddedTargets, labels: Tensor) -> None:
+        inter = _intersection(gt.ignore_boxes, anchors)  # [B, M, A]
+        area_a = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).clamp(min=1e-6)
+        inter.masked_fill_(~gt.ignore_valid.unsqueeze(-1), 0.0)
+        iof = inter.amax(dim=1) / area_a  # [B, A]
+        labels.masked_fill_((iof >= self.ignore_iof_thresh) & (labels <= 0), -1)
