@@ -1,0 +1,69 @@
+"""Miners: which anchors' classification loss counts.
+
+Every miner is a small callable with one signature (see DESIGN.md)::
+
+    miner(cls_loss [B, A], labels [B, A], boxes [B, A, 4] | None) -> bool [B, A]
+
+It ranks on ``cls_loss.detach()`` and never selects an ignored anchor (label -1).
+The class attribute ``needs_boxes`` tells the criterion whether to pass boxes
+(only ``ohem`` needs them, for NMS); the others accept and ignore ``boxes``.
+
+Build one from a config section with :func:`build_miner`; ``mining.type: ohem``
+and ``build_miner("ohem")`` name the same class through :data:`MINERS`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from detmine.errors import ConfigError
+from detmine.mining.all_anchors import AllAnchorsMiner
+from detmine.mining.ohem import OHEMMiner
+from detmine.mining.random_sampling import RandomMiner
+from detmine.mining.record import Miner, MiningRecord
+from detmine.mining.ssd import SSDMiner
+
+MINERS: dict[str, type] = {
+    "all": AllAnchorsMiner,
+    "ssd": SSDMiner,
+    "ohem": OHEMMiner,
+    "random": RandomMiner,
+}
+
+
+def miner_options(type: str) -> list[str]:
+    """The keyword options the miner named ``type`` accepts (its constructor's arguments)."""
+    params = inspect.signature(MINERS[type].__init__).parameters
+    return [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def build_miner(type: str, **options: Any) -> Miner:
+    """Build the miner named ``type`` (one of :data:`MINERS`) with keyword ``options``.
+
+    Raises:
+        ConfigError: unknown type or option (naming the valid ones), or a bad value.
+    """
+    if type not in MINERS:
+        raise ConfigError(f"unknown mining.type {type!r}; valid types: {', '.join(sorted(MINERS))}")
+    valid = miner_options(type)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(repr(k) for k in unknown)} for mining.type {type!r}; "
+            f"valid options: {', '.join(valid) if valid else '(none)'}"
+        )
+    return MINERS[type](**options)
+
+
+__all__ = [
+    "MINERS",
+    "AllAnchorsMiner",
+    "Miner",
+    "MiningRecord",
+    "OHEMMiner",
+    "RandomMiner",
+    "SSDMiner",
+    "build_miner",
+    "miner_options",
+]

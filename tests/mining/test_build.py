@@ -1,0 +1,75 @@
+import pytest
+
+from detmine.errors import ConfigError
+from detmine.mining import MINERS, AllAnchorsMiner, OHEMMiner, RandomMiner, SSDMiner, build_miner
+
+
+@pytest.mark.parametrize(
+    "name, cls, needs_boxes",
+    [
+        ("all", AllAnchorsMiner, False),
+        ("ssd", SSDMiner, False),
+        ("ohem", OHEMMiner, True),
+        ("random", RandomMiner, False),
+    ],
+)
+def test_table_names_the_classes(name, cls, needs_boxes):
+    assert MINERS[name] is cls
+    miner = build_miner(name)
+    assert isinstance(miner, cls)
+    assert miner.needs_boxes is needs_boxes
+
+
+def test_options_reach_the_constructor():
+    ssd = build_miner("ssd", neg_pos_ratio=2, min_negatives=16)
+    assert (ssd.neg_pos_ratio, ssd.min_negatives) == (2, 16)
+    ohem = build_miner("ohem", batch_size_per_image=64, nms_iou=0.5, pos_fraction=0.25, pre_nms_topk=256)
+    assert (ohem.batch_size_per_image, ohem.nms_iou, ohem.pos_fraction, ohem.pre_nms_topk) == (
+        64,
+        0.5,
+        0.25,
+        256,
+    )
+    rnd = build_miner("random", batch_size_per_image=32, pos_fraction=0.25, seed=3)
+    assert (rnd.batch_size_per_image, rnd.pos_fraction, rnd.seed) == (32, 0.25, 3)
+
+
+def test_ohem_defaults():
+    ohem = build_miner("ohem")
+    assert (ohem.batch_size_per_image, ohem.nms_iou, ohem.pos_fraction, ohem.pre_nms_topk) == (
+        128,
+        0.7,
+        None,
+        1024,
+    )
+
+
+def test_unknown_type_names_value_and_choices():
+    with pytest.raises(ConfigError, match=r"'hard'.*all, ohem, random, ssd"):
+        build_miner("hard")
+
+
+def test_unknown_option_names_it_and_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"'neg_ratio'.*'ssd'.*neg_pos_ratio, min_negatives"):
+        build_miner("ssd", neg_ratio=3)
+    with pytest.raises(ConfigError, match=r"'seed'.*'all'.*\(none\)"):
+        build_miner("all", seed=1)
+
+
+@pytest.mark.parametrize(
+    "name, options, key",
+    [
+        ("ssd", {"neg_pos_ratio": -1}, "neg_pos_ratio"),
+        ("ssd", {"neg_pos_ratio": "3"}, "neg_pos_ratio"),
+        ("ssd", {"min_negatives": 1.5}, "min_negatives"),
+        ("ohem", {"batch_size_per_image": 0}, "batch_size_per_image"),
+        ("ohem", {"nms_iou": 0.0}, "nms_iou"),
+        ("ohem", {"pos_fraction": 1.5}, "pos_fraction"),
+        ("ohem", {"batch_size_per_image": 512, "pre_nms_topk": 256}, "pre_nms_topk"),
+        ("random", {"pos_fraction": -0.1}, "pos_fraction"),
+        ("random", {"seed": "x"}, "seed"),
+    ],
+)
+def test_bad_values_are_config_errors_naming_the_key(name, options, key):
+    with pytest.raises(ConfigError, match=f"mining.{key}"):
+        build_miner(name, **options)

@@ -1,0 +1,128 @@
+"""OHEM miner: exact selection against a per-image torchvision.ops.nms reference, and its properties."""
+
+import pytest
+import torch
+from torchvision.ops import box_iou, nms
+
+from detmine.errors import ConfigError
+from detmine.mining import OHEMMiner
+
+
+def _problem(batch: int, num_anchors: int, seed: int):
+    """Clustered boxes (so NMS suppresses a lot), distinct losses, labels in {-1, 0, 1..3}."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(batch, num_anchors, 2, generator=g) * 120
+    sizes = torch.rand(batch, num_anchors, 2, generator=g) * 30 + 10
+    boxes = torch.cat([centers - sizes / 2, centers + sizes / 2], dim=-1)
+    loss = torch.rand(batch, num_anchors, generator=g)
+    labels = torch.randint(-1, 1, (batch, num_anchors), generator=g)  # ignore / background
+    labels[torch.rand(batch, num_anchors, generator=g) < 0.15] = 2  # ~15% positives
+    return loss, labels, boxes
+
+
+def _survivors(loss_b, boxes_b, candidates, iou):
+    """Anchor indices of the candidates kept by torchvision's nms, in decreasing loss order."""
+    keep = nms(boxes_b[candidates], loss_b[candidates], iou)
+    return candidates[keep]
+
+
+def _as_set(mask_row):
+    return set(mask_row.nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("pre_nms_topk", [10_000, 200])
+def test_equals_top_of_nms_survivors(pre_nms_topk):
+    loss, labels, boxes = _problem(4, 600, seed=0)
+    labels[3] = -1  # an all-ignore image selects nothing
+    miner = OHEMMiner(batch_size_per_image=64, nms_iou=0.5, pre_nms_topk=pre_nms_topk)
+    selected = miner(loss, labels, boxes)
+    for b in range(4):
+        eligible = (labels[b] >= 0).nonzero().flatten()
+        candidates = eligible[loss[b, eligible].argsort(descending=True)[:pre_nms_topk]]
+        survivors = _survivors(loss[b], boxes[b], candidates, 0.5)
+        # exact count = min(batch_size_per_image, survivors), and they are the top of the survivors
+        assert selected[b].sum().item() == min(64, len(survivors))
+        assert _as_set(selected[b]) == set(survivors[:64].tolist())
+        # the property: every selected anchor has loss >= every unselected NMS survivor
+        rest = survivors[~selected[b, survivors]]
+        if selected[b].any() and len(rest):
+            assert loss[b][selected[b]].min() >= loss[b, rest].max()
+    assert not selected[3].any()
+
+
+def test_no_two_selected_boxes_overlap_above_nms_iou_and_no_ignored():
+    loss, labels, boxes = _problem(3, 500, seed=1)
+    for iou in (0.3, 0.7):
+        selected = OHEMMiner(batch_size_per_image=100, nms_iou=iou)(loss, labels, boxes)
+        assert not (selected & (labels < 0)).any()
+        for b in range(3):
+            ious = box_iou(boxes[b][selected[b]], boxes[b][selected[b]])
+            ious.fill_diagonal_(0)
+            assert ious.max() <= iou
+
+
+def test_few_survivors_gives_fewer_than_batch():
+    labels = torch.zeros(2, 50, dtype=torch.long)
+    boxes = torch.tensor([10.0, 10.0, 50.0, 50.0]).repeat(2, 50, 1)  # all identical: one survivor
+    boxes[1, 25:] += 200  # image 1: two separate clusters -> two survivors
+    loss = torch.rand(2, 50)
+    selected = OHEMMiner(batch_size_per_image=16, pre_nms_topk=50)(loss, labels, boxes)
+    assert selected.sum(1).tolist() == [1, 2]
+    assert selected[0, loss[0].argmax()]
+
+
+def test_images_do_not_suppress_each_other():
+    loss, labels, boxes = _problem(3, 300, seed=2)
+    miner = OHEMMiner(batch_size_per_image=32, nms_iou=0.5)
+    together = miner(loss, labels, boxes)
+    for b in range(3):
+        alone = miner(loss[b : b + 1], labels[b : b + 1], boxes[b : b + 1])
+        assert torch.equal(together[b], alone[0])
+
+
+@pytest.mark.parametrize("batch_size", [40, 400])
+def test_pos_fraction_caps_positives_and_fills_with_negatives(batch_size):
+    loss, labels, boxes = _problem(3, 600, seed=3)
+    labels[2, labels[2] > 0] = 0  # image without positives: all negatives
+    miner = OHEMMiner(batch_size_per_image=batch_size, nms_iou=0.6, pos_fraction=0.25, pre_nms_topk=600)
+    selected = miner(loss, labels, boxes)
+    max_pos = int(0.25 * batch_size)
+    for b in range(3):
+        eligible = (labels[b] >= 0).nonzero().flatten()
+        survivors = _survivors(loss[b], boxes[b], eligible, 0.6)
+        pos = survivors[labels[b, survivors] > 0]
+        neg = survivors[labels[b, survivors] == 0]
+        n_pos = min(max_pos, len(pos))
+        n_neg = min(batch_size - n_pos, len(neg))
+        assert (selected[b] & (labels[b] > 0)).sum().item() == n_pos
+        assert (selected[b] & (labels[b] == 0)).sum().item() == n_neg
+        assert _as_set(selected[b]) == set(pos[:n_pos].tolist()) | set(neg[:n_neg].tolist())
+    assert (selected[0] & (labels[0] > 0)).sum() <= max_pos
+
+
+def test_low_loss_positives_still_fill_the_positive_quota():
+    # positives have the lowest losses: with pos_fraction they are still candidates
+    labels = torch.zeros(1, 400, dtype=torch.long)
+    labels[0, :20] = 1
+    loss = torch.rand(1, 400) + 1.0
+    loss[0, :20] = torch.rand(20) * 0.1
+    boxes = torch.cat([torch.arange(400.0)[:, None] * 100, torch.zeros(400, 1)], 1).repeat(1, 2)
+    boxes[:, 2:] += 50  # disjoint boxes: NMS keeps all
+    selected = OHEMMiner(batch_size_per_image=32, pos_fraction=0.25, pre_nms_topk=64)(
+        loss, labels, boxes[None]
+    )
+    assert (selected & (labels > 0)).sum().item() == 8
+    assert selected.sum().item() == 32
+
+
+def test_needs_boxes():
+    assert OHEMMiner.needs_boxes is True
+    with pytest.raises(ConfigError, match="ohem.*boxes"):
+        OHEMMiner()(torch.rand(1, 5), torch.zeros(1, 5, dtype=torch.long), None)
+
+
+def test_ranks_on_detached_loss():
+    loss, labels, boxes = _problem(2, 100, seed=4)
+    loss.requires_grad_()
+    selected = OHEMMiner(batch_size_per_image=8)(loss * 1, labels, boxes.requires_grad_())
+    assert not selected.requires_grad and selected.dtype == torch.bool
