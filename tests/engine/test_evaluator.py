@@ -1,0 +1,352 @@
+"""CocoEvaluator / evaluate(): known answers, pycocotools as the reference, both backends equal."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detmine.engine.coco_table import COCO_STAT_NAMES
+from detmine.engine.evaluator import CocoEvaluator, EvalResult, coco_bbox_eval, evaluate
+from detmine.errors import ConfigError, DataError
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+CAT_IDS = (1, 3, 7)  # non-contiguous on purpose: contiguous 1, 2, 3
+NAMES = ("cat", "dog", "bird")
+SMALL, MEDIUM, LARGE = [10.0, 10.0, 20.0, 20.0], [60.0, 20.0, 50.0, 50.0], [20.0, 70.0, 120.0, 120.0]
+
+
+class FakeDataset:
+    """The dataset surface the evaluator uses, over a hand-written COCO GT."""
+
+    def __init__(self, annotations: list[tuple[int, int, list[float], int]], num_images: int = 4) -> None:
+        self.class_names = list(NAMES)
+        self.num_classes = len(NAMES)
+        self.contiguous_to_category_id = {k + 1: c for k, c in enumerate(CAT_IDS)}
+        self.category_id_to_contiguous = {c: k + 1 for k, c in enumerate(CAT_IDS)}
+        self.image_ids = list(range(1, num_images + 1))
+        self._gt = {
+            "images": [
+                {"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"} for i in self.image_ids
+            ],
+            "annotations": [
+                {
+                    "id": k + 1,
+                    "image_id": i,
+                    "category_id": c,
+                    "bbox": b,
+                    "area": b[2] * b[3],
+                    "iscrowd": crowd,
+                }
+                for k, (i, c, b, crowd) in enumerate(annotations)
+            ],
+            "categories": [{"id": c, "name": n} for c, n in zip(CAT_IDS, NAMES, strict=True)],
+        }
+
+    def coco_gt_dict(self) -> dict:
+        return copy.deepcopy(self._gt)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+class VOCDetection(FakeDataset):
+    """Named like detmine.data.voc.VOCDetection: VOC metrics switch on by default."""
+
+
+def _xyxy(xywh: list[float]) -> list[float]:
+    return [xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3]]
+
+
+def _dets(items: list[tuple[list[float], float, int]]) -> dict:
+    """Detections of one image from (xywh box, score, contiguous label)."""
+    if not items:
+        return {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
+    return {
+        "boxes": torch.tensor([_xyxy(b) for b, _, _ in items], dtype=torch.float32),
+        "scores": torch.tensor([s for _, s, _ in items], dtype=torch.float32),
+        "labels": torch.tensor([lab for _, _, lab in items], dtype=torch.int64),
+    }
+
+
+def _run(dataset, per_image: dict[int, list], backend: str, **kwargs) -> tuple[EvalResult, CocoEvaluator]:
+    ev = CocoEvaluator(dataset, backend=backend, **kwargs)
+    ids = sorted(per_image)
+    ev.process([{"image_id": i} for i in ids], [_dets(per_image[i]) for i in ids])
+    return ev.summarize(), ev
+
+
+def _pycocotools_reference(gt: dict, results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools run directly: (stats [12], precision [T, R, K, A, M])."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return np.array(coco_eval.stats), coco_eval.eval["precision"]
+
+
+def _gt_three_sizes() -> list[tuple[int, int, list[float], int]]:
+    # image 1: cat small + dog medium; image 2: dog large + bird small; image 3: cat large; image 4: empty.
+    return [(1, 1, SMALL, 0), (1, 3, MEDIUM, 0), (2, 3, LARGE, 0), (2, 7, SMALL, 0), (3, 1, LARGE, 0)]
+
+
+def _perfect() -> dict[int, list]:
+    return {
+        1: [(SMALL, 0.9, 1), (MEDIUM, 0.8, 2)],
+        2: [(LARGE, 0.7, 2), (SMALL, 0.6, 3)],
+        3: [(LARGE, 0.5, 1)],
+        4: [],
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perfect_detections_give_one(backend):
+    result, ev = _run(FakeDataset(_gt_three_sizes()), _perfect(), backend)
+    for name in COCO_STAT_NAMES:
+        assert result.stats[name] == pytest.approx(1.0, abs=1e-12), name
+    assert result.per_class_ap == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": 1.0}, abs=1e-12)
+    ref_stats, ref_precision = _pycocotools_reference(FakeDataset(_gt_three_sizes())._gt, ev.results_json())
+    np.testing.assert_allclose([result.stats[n] for n in COCO_STAT_NAMES], ref_stats, atol=1e-12)
+    np.testing.assert_allclose(result.precision, ref_precision, atol=1e-12)
+    assert result.precision.shape == (10, 101, 3, 4, 3)
+    assert result.class_names == list(NAMES)
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in result.table
+    assert "dog" in result.table and "VOC" not in result.table
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_wrong_class_has_known_ap(backend):
+    # dog (2 boxes): two false positives outscore both true positives -> precision envelope 0.5 at
+    # every recall -> AP 0.5 at every IoU; cat and bird perfect.
+    gt = [(1, 1, SMALL, 0), (1, 3, MEDIUM, 0), (2, 3, LARGE, 0), (2, 7, SMALL, 0)]
+    far = [150.0, 150.0, 40.0, 40.0]
+    per_image = {
+        1: [(SMALL, 0.9, 1), (MEDIUM, 0.5, 2), (far, 0.95, 2)],
+        2: [(LARGE, 0.4, 2), (far, 0.97, 2), (SMALL, 0.6, 3)],
+    }
+    result, ev = _run(FakeDataset(gt, num_images=2), per_image, backend)
+    assert result.per_class_ap["dog"] == pytest.approx(0.5, abs=1e-12)
+    assert result.per_class_ap["cat"] == pytest.approx(1.0, abs=1e-12)
+    assert result.per_class_ap["bird"] == pytest.approx(1.0, abs=1e-12)
+    assert result.stats["AP"] == pytest.approx(2.5 / 3, abs=1e-12)
+    assert result.stats["AP50"] == pytest.approx(2.5 / 3, abs=1e-12)
+    assert result.stats["AR100"] == pytest.approx(1.0, abs=1e-12)
+    ref_stats, _ = _pycocotools_reference(FakeDataset(gt, num_images=2)._gt, ev.results_json())
+    np.testing.assert_allclose([result.stats[n] for n in COCO_STAT_NAMES], ref_stats, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interleaved_hits_have_known_ap(backend):
+    # dog ranked TP, FP, TP, FP: envelope 1 up to recall .5 (51 of the 101 recall points), 2/3 after.
+    gt = [(1, 3, MEDIUM, 0), (2, 3, LARGE, 0)]
+    far = [150.0, 150.0, 40.0, 40.0]
+    per_image = {1: [(MEDIUM, 0.9, 2), (far, 0.8, 2)], 2: [(LARGE, 0.7, 2), (far, 0.6, 2)]}
+    result, _ = _run(FakeDataset(gt, num_images=2), per_image, backend, metrics=("coco", "voc"))
+    assert result.per_class_ap["dog"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
+    assert math.isnan(result.per_class_ap["cat"])  # no GT: undefined, left out of the mean
+    assert result.stats["AP"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
+    assert result.stats["VOC07_mAP"] == pytest.approx((6 + 5 * 2 / 3) / 11, abs=1e-12)
+    assert result.stats["VOC_mAP"] == pytest.approx(0.5 + 0.5 * 2 / 3, abs=1e-12)
+    assert "VOC07 11-point mAP" in result.table and "n/a" in result.table
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_map_back_to_original_category_ids(backend):
+    result, ev = _run(FakeDataset(_gt_three_sizes()), _perfect(), backend)
+    res = ev.results_json()
+    assert sorted({r["category_id"] for r in res}) == [1, 3, 7]
+    by_key = {(r["image_id"], r["category_id"]): r for r in res}
+    assert by_key[(2, 7)]["bbox"] == pytest.approx(SMALL)  # contiguous 3 -> category 7, xyxy -> xywh
+    assert by_key[(1, 3)]["bbox"] == pytest.approx(MEDIUM)
+    assert by_key[(1, 1)]["score"] == pytest.approx(0.9)
+    assert set(by_key[(1, 1)]) == {"image_id", "category_id", "bbox", "score"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crowd_ground_truth_is_ignored(backend):
+    crowd_box = [100.0, 100.0, 60.0, 60.0]
+    gt = [(1, 1, SMALL, 0), (1, 1, crowd_box, 1)]
+    on_crowd = {1: [(SMALL, 0.5, 1), (crowd_box, 0.9, 1)]}  # the higher-scored one lies on the crowd
+    result, _ = _run(FakeDataset(gt, num_images=1), on_crowd, backend)
+    assert result.stats["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert result.stats["APl"] == -1.0  # the crowd box is the only large one: no countable GT there
+    # The same detection away from the crowd region is a false positive that outranks the hit.
+    away = {1: [(SMALL, 0.5, 1), ([20.0, 120.0, 60.0, 60.0], 0.9, 1)]}
+    result_away, _ = _run(FakeDataset(gt, num_images=1), away, backend)
+    assert result_away.stats["AP"] == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_detections_give_zero(backend):
+    empty = {i: [] for i in range(1, 5)}
+    result, ev = _run(FakeDataset(_gt_three_sizes()), empty, backend, metrics=("coco", "voc"))
+    assert ev.results_json() == []
+    for name in (*COCO_STAT_NAMES, "VOC07_mAP", "VOC_mAP"):
+        assert result.stats[name] == 0.0, name
+    assert result.per_class_ap == {"cat": 0.0, "dog": 0.0, "bird": 0.0}
+
+
+def _random_fixture(seed: int = 0, num_images: int = 40):
+    rng = np.random.default_rng(seed)
+    gt, per_image = [], {}
+    for image_id in range(1, num_images + 1):
+        dets = []
+        for _ in range(rng.integers(0, 6)):
+            w, h = np.exp(rng.uniform(np.log(8), np.log(150), 2))
+            x, y = rng.uniform(0, 200 - w), rng.uniform(0, 200 - h)
+            label = int(rng.integers(1, 4))
+            gt.append((image_id, CAT_IDS[label - 1], [x, y, w, h], int(rng.random() < 0.05)))
+            for _ in range(rng.integers(0, 3)):  # misses, hits at various IoUs, duplicates
+                box = list(np.add([x, y, w, h], rng.normal(0, 0.1, 4) * [w, h, w, h]))
+                lab = label if rng.random() < 0.85 else int(rng.integers(1, 4))
+                dets.append((box, float(rng.random()), lab))
+        for _ in range(rng.integers(0, 4)):  # background false positives
+            dets.append(
+                (
+                    [*rng.uniform(0, 150, 2), *rng.uniform(5, 50, 2)],
+                    float(rng.random()),
+                    int(rng.integers(1, 4)),
+                )
+            )
+        per_image[image_id] = dets
+    return FakeDataset(gt, num_images=num_images), per_image
+
+
+def test_backends_agree_with_each_other_and_pycocotools():
+    dataset, per_image = _random_fixture()
+    fast, ev = _run(dataset, per_image, "faster_coco_eval")
+    slow, _ = _run(dataset, per_image, "pycocotools")
+    ref_stats, ref_precision = _pycocotools_reference(dataset._gt, ev.results_json())
+    for name, ref in zip(COCO_STAT_NAMES, ref_stats, strict=True):
+        assert fast.stats[name] == pytest.approx(ref, abs=1e-12), name
+        assert slow.stats[name] == pytest.approx(ref, abs=1e-12), name
+    assert fast.per_class_ap == pytest.approx(slow.per_class_ap, abs=1e-12)
+    np.testing.assert_allclose(fast.precision, ref_precision, atol=1e-12)
+    np.testing.assert_allclose(slow.precision, ref_precision, atol=1e-12)
+    assert 0.1 < fast.stats["AP"] < 0.9  # a real mix of hits, misses and false positives
+
+
+def test_gathered_ranks_equal_one_process():
+    dataset, per_image = _random_fixture(seed=1, num_images=10)
+    single, _ = _run(dataset, per_image, "faster_coco_eval")
+    # Rank 0 gets images 1..5, rank 1 images 6..10 plus image 1 again (DistributedSampler padding).
+    shards = {0: [1, 2, 3, 4, 5], 1: [6, 7, 8, 9, 10, 1]}
+    payloads: dict[int, list] = {}
+    evaluators = {}
+    for rank in (1, 0):  # rank 1 "arrives" first; rank 0's gather returns both payloads
+
+        def gather(obj, rank=rank):
+            payloads[rank] = obj
+            return [payloads.get(0, []), payloads.get(1, [])]
+
+        ev = CocoEvaluator(dataset, gather_fn=gather, is_main=rank == 0)
+        ids = shards[rank]
+        ev.process([{"image_id": i} for i in ids], [_dets(per_image[i]) for i in ids])
+        evaluators[rank] = ev
+    assert evaluators[1].summarize() is None
+    merged = evaluators[0].summarize()
+    assert merged.stats == pytest.approx(single.stats, abs=1e-12)
+    assert evaluators[0].image_ids == list(range(1, 11))
+    # A flat (already concatenated) gather result is accepted too.
+    flat = CocoEvaluator(dataset, gather_fn=lambda obj: payloads[1] + payloads[0])
+    assert flat.summarize().stats == pytest.approx(single.stats, abs=1e-12)
+
+
+def test_subset_of_images_is_evaluated_with_a_warning():
+    dataset = FakeDataset(_gt_three_sizes())
+    ev = CocoEvaluator(dataset)
+    ev.process([{"image_id": 1}], [_dets(_perfect()[1])])
+    with pytest.warns(UserWarning, match="1 of 4 ground-truth images"):
+        result = ev.summarize()
+    assert result.stats["AP"] == pytest.approx(1.0, abs=1e-12)  # image 2/3 boxes not counted as misses
+
+
+def test_voc_metrics_switch_on_for_voc_datasets_and_results_are_written(tmp_path):
+    result, ev = _run(VOCDetection(_gt_three_sizes()), _perfect(), "faster_coco_eval")
+    assert result.stats["VOC07_mAP"] == pytest.approx(1.0) and result.stats["VOC_mAP"] == pytest.approx(1.0)
+    assert result.per_class_voc_ap == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": 1.0})
+    path = ev.write_results(tmp_path / "out" / "results.json")
+    assert json.loads(path.read_text()) == ev.results_json()  # float64 round-trips exactly
+    assert len(ev.results_json()) == 5
+    assert json.dumps(result.to_dict())  # JSON-ready
+
+
+def test_errors_are_one_line_and_named():
+    dataset = FakeDataset(_gt_three_sizes())
+    with pytest.raises(ConfigError, match="backend 'detectron2'.*faster_coco_eval, pycocotools"):
+        CocoEvaluator(dataset, backend="detectron2")
+    with pytest.raises(ConfigError, match="metric 'lvis'"):
+        CocoEvaluator(dataset, metrics=("lvis",))
+    ev = CocoEvaluator(dataset)
+    with pytest.raises(DataError, match="label 4 on image 1"):
+        ev.process([{"image_id": 1}], [_dets([(SMALL, 0.9, 4)])])
+    with pytest.raises(DataError, match="image_id 99"):
+        ev.process([{"image_id": 99}], [_dets([])])
+    with pytest.raises(ConfigError):
+        coco_bbox_eval(dataset.coco_gt_dict(), [], backend="nope")
+
+
+class FakeDetector(torch.nn.Module):
+    """Returns pre-set detections per image id; records what predict() was called with."""
+
+    def __init__(self, answers: dict[int, list]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.answers = answers
+        self.calls: list[dict] = []
+
+    def predict(self, images, input_sizes=None, orig_sizes=None):
+        self.calls.append(
+            {
+                "training": self.training,
+                "shape": tuple(images.shape),
+                "input": input_sizes,
+                "orig": orig_sizes,
+            }
+        )
+        ids = images[:, 0, 0, 0].tolist()  # the fake loader writes the image id into pixel (0, 0)
+        return [_dets(self.answers[int(i)]) for i in ids]
+
+
+def _fake_loader(ids_per_batch: list[list[int]]):
+    for ids in ids_per_batch:
+        images = torch.zeros(len(ids), 3, 64, 96, dtype=torch.uint8)
+        images[:, 0, 0, 0] = torch.tensor(ids, dtype=torch.uint8)
+        targets = [{"image_id": i, "input_size": (64, 90), "orig_size": (200, 200)} for i in ids]
+        yield images, targets
+
+
+def test_evaluate_runs_predict_and_restores_train_mode():
+    dataset = FakeDataset(_gt_three_sizes())
+    model = FakeDetector(_perfect())
+    model.train()
+    result = evaluate(
+        model, _fake_loader([[1, 2], [3, 4], []]), dataset, backend="pycocotools", progress=False
+    )
+    assert model.training  # restored
+    assert [c["training"] for c in model.calls] == [False, False]
+    assert model.calls[0]["input"] == [(64, 90), (64, 90)] and model.calls[0]["orig"] == [
+        (200, 200),
+        (200, 200),
+    ]
+    assert model.calls[0]["shape"] == (2, 3, 64, 96)
+    assert result.stats["AP"] == pytest.approx(1.0, abs=1e-12)
+    model.eval()
+    evaluate(model, _fake_loader([[1, 2, 3, 4]]), dataset, progress=False)
+    assert not model.training  # a model in eval mode stays there
