@@ -13,8 +13,6 @@ the :class:`EvalResult`, the others ``None``.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detmine.engine.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
 from detmine.engine.coco_table import (
     COCO_STAT_NAMES,
     format_coco_summary,
@@ -40,7 +39,6 @@ from detmine.structures import Detections, Target
 
 __all__ = ["BACKENDS", "CocoEvaluator", "EvalResult", "coco_bbox_eval", "evaluate"]
 
-BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
 METRICS: tuple[str, ...] = ("coco", "voc")
 
 GatherFn = Callable[[list], list]
@@ -81,103 +79,6 @@ class EvalResult:
             "per_class_ap": clean(self.per_class_ap),
             "per_class_voc_ap": clean(self.per_class_voc_ap),
         }
-
-
-def _prepare_gt(gt: dict) -> dict:
-    """A copy of a COCO GT dict fit for both backends.
-
-    Annotation ids are renumbered 1..N (pycocotools treats a GT id of 0 as "unmatched", a
-    silent bug); a missing ``area`` becomes ``w * h``, a missing ``iscrowd`` 0.
-    """
-    for key in ("images", "annotations", "categories"):
-        if key not in gt:
-            raise DataError(f"coco_gt_dict() has no '{key}' list; expected COCO ground truth")
-    annotations = []
-    for i, ann in enumerate(gt["annotations"], start=1):
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        annotations.append(
-            {
-                "id": i,
-                "image_id": ann["image_id"],
-                "category_id": ann["category_id"],
-                "bbox": [x, y, w, h],
-                "area": float(ann.get("area", w * h)),
-                "iscrowd": int(ann.get("iscrowd", 0)),
-            }
-        )
-    return {
-        "info": dict(gt.get("info", {})),
-        "images": [dict(img) for img in gt["images"]],
-        "annotations": annotations,
-        "categories": [dict(c) for c in gt["categories"]],
-    }
-
-
-def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # pycocotools' loadRes indexes anns[0]: build the empty result set ourselves
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
-            coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        if image_ids is not None:
-            coco_eval.params.imgIds = sorted(image_ids)
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return coco_eval
-
-
-def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    def quiet(*_: Any) -> None:
-        return None
-
-    coco_gt = COCO(gt, print_function=quiet)
-    coco_dt = coco_gt.loadRes(results)
-    coco_eval = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
-    if image_ids is not None:
-        coco_eval.params.imgIds = sorted(image_ids)
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
-    return coco_eval
-
-
-def coco_bbox_eval(
-    gt: dict, results: list[dict], backend: str = "faster_coco_eval", image_ids: Sequence[int] | None = None
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Run COCO bbox evaluation with one backend.
-
-    Args:
-        gt: COCO ground-truth dict (passed through :func:`_prepare_gt`).
-        results: COCO result dicts ``{"image_id", "category_id", "bbox" xywh, "score"}``; not
-            modified (the backends annotate their input, so they get copies).
-        backend: "faster_coco_eval" or "pycocotools".
-        image_ids: restrict the evaluation to these images (default: all GT images).
-
-    Returns:
-        stats ``[12]`` (COCOeval.stats order), precision ``[T, R, K, A, M]``, the sorted
-        category ids of the K axis.
-    """
-    if backend not in BACKENDS:
-        raise ConfigError(f"evaluation backend '{backend}' is unknown; valid: {', '.join(BACKENDS)}")
-    gt = _prepare_gt(gt)
-    results = [dict(r) for r in results]
-    runner = _run_faster_coco_eval if backend == "faster_coco_eval" else _run_pycocotools
-    coco_eval = runner(gt, results, image_ids)
-    stats = np.asarray(coco_eval.stats[: len(COCO_STAT_NAMES)], dtype=np.float64)
-    precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)
-    return stats, precision, [int(c) for c in coco_eval.params.catIds]
 
 
 def _default_is_main() -> bool:
@@ -229,7 +130,7 @@ class CocoEvaluator:
         self.backend = backend
         self.gather_fn = gather_fn
         self.is_main = _default_is_main() if is_main is None else is_main
-        self._gt = _prepare_gt(dataset.coco_gt_dict())
+        self._gt = prepare_gt(dataset.coco_gt_dict())
         self._gt_image_ids = {int(img["id"]) for img in self._gt["images"]}
         self._contiguous_to_cat = {int(k): int(v) for k, v in dataset.contiguous_to_category_id.items()}
         names = list(dataset.class_names)
@@ -404,6 +305,7 @@ def evaluate(
     progress: bool = True,
     metrics: Iterable[str] | None = None,
     is_main: bool | None = None,
+    results_path: str | os.PathLike | None = None,
 ) -> EvalResult | None:
     """Predict over ``loader`` and score the detections with :class:`CocoEvaluator`.
 
@@ -416,6 +318,7 @@ def evaluate(
         backend, metrics, gather_fn, is_main: see :class:`CocoEvaluator`.
         device: where to run the model (default: the device of its first parameter).
         progress: show a tqdm bar (main rank only).
+        results_path: also write the COCO results JSON there (main rank, all ranks' detections).
 
     Returns:
         :class:`EvalResult` on the main rank, None on the others.
@@ -441,4 +344,7 @@ def evaluate(
             evaluator.process(targets, detections)
     finally:
         model.train(was_training)
-    return evaluator.summarize()
+    result = evaluator.summarize()
+    if result is not None and results_path is not None:
+        evaluator.write_results(results_path)
+    return result

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint with the COCO protocol (and VOC mAP on VOC data).
+
+    python tools/evaluate.py CONFIG CHECKPOINT [--split val] [--backend faster_coco_eval|pycocotools]
+                             [--weights auto|ema|model] [--out results.json] [key=value ...]
+
+Prints the COCO table and the per-class AP, writes the COCO results JSON (original
+category ids, xywh boxes in original pixels) and ``<out stem>.metrics.json`` next to it.
+Several processes: ``torchrun --nproc_per_node N tools/evaluate.py ...`` shards the images
+and gathers the detections on rank 0. Exit status 2 with ``error: <message>`` on a user
+error (bad config, missing data, corrupt checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detmine.errors import CheckpointError, ConfigError, DetmineError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="recipe YAML (configs/*.yaml)")
+    parser.add_argument("checkpoint", help="a detmine checkpoint (.pth) or a bare model state dict")
+    parser.add_argument("--split", default=None, help="dataset split (default: data.val_split of the config)")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("faster_coco_eval", "pycocotools"),
+        help="COCO evaluation backend (default: eval.backend of the config); both give identical numbers",
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "ema", "model"),
+        help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
+    )
+    parser.add_argument(
+        "--metrics", default=None, help="comma-separated subset of coco,voc (default: voc added on VOC data)"
+    )
+    parser.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
+    )
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default: <checkpoint dir>/results_<split>.json)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. eval.batch_size=8 data.root=/data/coco"
+    )
+    return parser.parse_args(argv)
+
+
+def select_weights(state: dict[str, Any], which: str, path: str) -> dict[str, Any]:
+    """The model state dict to evaluate from a loaded checkpoint (``which``: auto | ema | model)."""
+    if "model" not in state:  # a bare state dict
+        if which == "ema":
+            raise CheckpointError(
+                f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
+            )
+        return state
+    ema = state.get("ema")
+    if which == "ema" or (which == "auto" and ema):
+        if not ema:
+            raise CheckpointError(
+                f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
+            )
+        return ema["module"] if "module" in ema else ema
+    return state["model"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
+    from detmine.engine import distributed as dist
+
+    return torch.device("cuda", dist.get_local_rank())
+
+
+def run(args: argparse.Namespace) -> int:
+    from detmine.config import load_config
+    from detmine.engine import builders
+    from detmine.engine import distributed as dist
+    from detmine.engine.checkpoint import load_checkpoint
+    from detmine.engine.evaluator import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    dist.init_distributed()
+    split = args.split or cfg.data.val_split
+    backend = args.backend or cfg.eval.backend
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+    device = pick_device(args.device or cfg.train.device)
+
+    builders.prepare_data(cfg)
+    dataset = builders.build_dataset_split(cfg, split, train=False)
+    loader = builders.build_val_loader(cfg, dataset)
+    model = builders.build_model_from_config(cfg, dataset.num_classes)
+    state = load_checkpoint(args.checkpoint)
+    try:
+        model.load_state_dict(select_weights(state, args.weights, args.checkpoint))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with {dataset.num_classes} classes: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    model.to(device)
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"results_{split}.json"
+    gather = dist.all_gather_object if dist.get_world_size() > 1 else None
+    result = evaluate(
+        model,
+        loader,
+        dataset,
+        backend=backend,
+        device=device,
+        gather_fn=gather,
+        progress=not args.no_progress,
+        metrics=metrics,
+        results_path=out,
+    )
+    if result is None:  # not rank 0
+        return 0
+    metrics_path = out.with_name(out.stem + ".metrics.json")
+    record = {
+        "config": str(args.config),
+        "checkpoint": str(args.checkpoint),
+        "split": split,
+        "backend": backend,
+        "weights": args.weights,
+        "num_images": len(loader.dataset),
+        **result.to_dict(),
+    }
+    with open(metrics_path, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"{cfg.model.name} on {cfg.data.kind}/{split} ({backend}):")
+    print(result.table)
+    print(f"results: {out}")
+    print(f"metrics: {metrics_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except DetmineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
