@@ -1,0 +1,173 @@
+"""Build datasets, loaders, the model and the criterion from a :class:`~detmine.config.Config`.
+
+Every tool (train, evaluate, visualise) goes through these functions, so a recipe means
+the same thing everywhere. Free-form option dicts (``model.options``, ``data.options``,
+``data.transform_options``, ``data.loader_options``) are checked here against the
+signature of the function they are passed to: an unknown option is a one-line
+:class:`~detmine.errors.ConfigError` naming the key and the valid options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from detmine.config import Config
+from detmine.engine import distributed as dist
+from detmine.errors import CheckpointError, ConfigError
+
+
+def check_options(fn: Callable, options: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError when ``options`` holds a keyword ``fn`` does not accept.
+
+    ``key`` is the config path of the dict (e.g. ``model.options``); ``skip`` lists the
+    parameters the builder passes itself (they are not the user's to set there).
+    """
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # a **kwargs builder validates its own options
+    valid = [
+        name
+        for name, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and name not in skip
+    ]
+    for name in options:
+        if name not in valid:
+            hint = difflib.get_close_matches(name, valid, n=1)
+            did_you_mean = f"did you mean '{key}.{hint[0]}'? " if hint else ""
+            raise ConfigError(
+                f"unknown config key '{key}.{name}' for {getattr(fn, '__name__', fn)}; {did_you_mean}"
+                f"valid options: {', '.join(valid) if valid else '(none)'}"
+            )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(cfg: Config) -> None:
+    """Generate the synthetic dataset on first use (idempotent; a no-op for COCO/VOC)."""
+    if cfg.data.kind == "synthetic":
+        from detmine.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.data.root)
+
+
+def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
+    """One split of the configured dataset with the training or evaluation transform."""
+    from detmine.data import build_dataset
+    from detmine.data.transforms import build_transforms
+
+    d = cfg.data
+    preset = d.train_transform if train else d.eval_transform
+    t_opts = dict(d.transform_options) if train else {}
+    check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
+    transform = build_transforms(preset, d.image_size, **t_opts)
+    return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **d.options)
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any]:
+    """``(train_dataset, val_dataset)`` of the configured data."""
+    return build_dataset_split(cfg, cfg.data.train_split, True), build_dataset_split(
+        cfg, cfg.data.val_split, False
+    )
+
+
+def per_process_batch(global_batch: int, what: str = "train.batch_size") -> int:
+    world = dist.get_world_size()
+    if global_batch % world:
+        raise ConfigError(
+            f"{what}={global_batch} is the global batch and must be divisible by the {world} processes"
+        )
+    return global_batch // world
+
+
+def build_train_loader(cfg: Config, dataset: Any) -> Any:
+    """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
+    sharded over the processes when distributed; per-process batch = global / world size."""
+    from detmine.data.loader import build_dataloader
+
+    opts = dict(cfg.data.loader_options)
+    check_options(build_dataloader, opts, "data.loader_options", skip=("dataset", "batch_size", "train"))
+    return build_dataloader(
+        dataset,
+        per_process_batch(cfg.train.batch_size),
+        train=True,
+        num_workers=cfg.data.num_workers,
+        distributed=dist.get_world_size() > 1,
+        seed=cfg.train.seed,
+        **opts,
+    )
+
+
+def build_val_loader(cfg: Config, dataset: Any) -> Any:
+    """The evaluation loader (in order, sharded when distributed), optionally the first
+    ``eval.max_images`` images only."""
+    from torch.utils.data import Subset
+
+    from detmine.data.loader import build_dataloader
+
+    if cfg.eval.max_images > 0 and cfg.eval.max_images < len(dataset):
+        dataset = Subset(dataset, range(cfg.eval.max_images))
+    batch = max(1, cfg.eval.batch_size // dist.get_world_size())
+    return build_dataloader(
+        dataset, batch, train=False, num_workers=cfg.data.num_workers, distributed=dist.get_world_size() > 1
+    )
+
+
+# ----------------------------------------------------------------------------- model / criterion
+
+
+def build_model_from_config(cfg: Config, num_classes: int) -> nn.Module:
+    """``build_model(model.name, num_classes, **model.options)``, then ``model.weights`` if set."""
+    from detmine import modeling
+
+    name, options = cfg.model.name, dict(cfg.model.options)
+    table = getattr(modeling, "MODELS", None)
+    if isinstance(table, dict):
+        if name not in table:
+            hint = difflib.get_close_matches(name, list(table), n=1)
+            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ConfigError(
+                f"config key 'model.name' is {name!r}; {did_you_mean}valid models: {', '.join(table)}"
+            )
+        check_options(table[name], options, "model.options", skip=("num_classes",))
+    model = modeling.build_model(name, num_classes, **options)
+    if cfg.model.weights:
+        load_model_weights(model, cfg.model.weights)
+    return model
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Initialise the whole detector from a detmine checkpoint or a bare state dict."""
+    from detmine.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights {path} do not fit model: {str(exc).splitlines()[0]}") from None
+
+
+def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
+    """The criterion for ``model``'s head (activation, box coder) and the matching, loss and
+    mining sections."""
+    import dataclasses
+
+    from detmine.criterion import build_criterion
+
+    mining = {"type": cfg.mining.type, **cfg.mining.options()}
+    return build_criterion(
+        model.cls_activation,
+        model.box_coder,
+        matching=dataclasses.asdict(cfg.matching),
+        loss=dataclasses.asdict(cfg.loss),
+        mining=mining,
+    )

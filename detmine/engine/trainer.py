@@ -1,0 +1,488 @@
+"""The iteration-based training loop.
+
+One step: ``model(images) -> HeadOutputs`` (under autocast on GPU) -> ``criterion(outputs,
+anchors, targets) -> (losses, record)`` -> backward (GradScaler for fp16) -> optional gradient
+clipping -> optimiser step -> per-iteration LR schedule -> optional EMA update -> hooks
+(mined-negative pictures, logging, evaluation, checkpoints).
+
+Everything the run needs to continue exactly where it stopped -- weights, optimiser,
+scheduler, scaler, EMA, data position and the random generators of every rank -- is in the
+checkpoint, so ``train.resume=true`` after an interruption ends with the same weights as an
+uninterrupted run (CPU, ``num_workers=0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from detmine.config import Config, config_to_dict, save_config
+from detmine.engine import distributed as dist
+from detmine.engine.checkpoint import CheckpointManager, rng_state, save_checkpoint, set_rng_state
+from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
+from detmine.errors import CheckpointError, DataError, NonFiniteError
+from detmine.structures import HeadOutputs, Target
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module behind DistributedDataParallel."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def targets_to(targets: list[Target], device: torch.device) -> list[Target]:
+    """Move the tensors of each target to ``device`` (other fields unchanged)."""
+    return [
+        {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+        for t in targets
+    ]
+
+
+class DataStream:
+    """Endless batches from an epoch-based loader, remembering where it is.
+
+    ``epoch`` and ``batch_in_epoch`` (batches of the current epoch already handed out) are
+    the resume position. The sampler must be seeded (``set_epoch`` picks the permutation).
+    When it offers ``state_dict``/``load_state_dict`` the position is restored there; otherwise
+    :meth:`fast_forward` drains the already consumed batches.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._iter: Iterator | None = None
+
+    def _sampler(self) -> Any:
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        for s in (
+            getattr(self.loader, "sampler", None),
+            getattr(batch_sampler, "sampler", None),
+            batch_sampler,
+        ):
+            if s is not None and hasattr(s, "set_epoch"):
+                return s
+        return None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._iter = None
+
+    def _start_epoch(self) -> None:
+        sampler = self._sampler()
+        if sampler is not None:
+            sampler.set_epoch(self.epoch)
+        self._iter = iter(self.loader)
+
+    def fast_forward(self) -> None:
+        """Open the current epoch and skip the batches it already handed out."""
+        self._start_epoch()
+        for _ in range(self.batch_in_epoch):
+            if next(self._iter, None) is None:
+                break
+
+    def __next__(self) -> Any:
+        empty_epochs = 0
+        while True:
+            if self._iter is None:
+                self._start_epoch()
+            batch = next(self._iter, None)
+            if batch is not None:
+                self.batch_in_epoch += 1
+                return batch
+            empty_epochs = empty_epochs + 1 if self.batch_in_epoch == 0 else 0
+            if empty_epochs > 1:
+                raise DataError(
+                    "the training loader yields no batches (dataset smaller than train.batch_size?)"
+                )
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._iter = None
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block (evaluation) without disturbing the training random streams."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+class Trainer:
+    """Trains ``model`` with ``criterion`` on ``train_loader`` as the config says.
+
+    Args:
+        cfg: the resolved config (``train``, ``eval``, ``vis``, ``output_dir`` are read here).
+        model: a ``DenseDetector`` (``forward -> HeadOutputs``, ``predict``), not yet wrapped.
+        criterion: ``criterion(outputs, anchors [A, 4], targets) -> (losses, record)``.
+        train_loader: yields ``(images uint8 [B, 3, H, W], targets)`` with a seeded sampler.
+        val_loader, val_dataset: for periodic and final evaluation (optional).
+        iters_per_epoch: batches per epoch on this rank (for ``train.epochs``; default ``len(train_loader)``).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        model: nn.Module,
+        criterion: nn.Module,
+        train_loader: Any,
+        val_loader: Any = None,
+        val_dataset: Any = None,
+        iters_per_epoch: int | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        t = cfg.train
+        self.output_dir = Path(cfg.output_dir)
+        self.is_main = dist.is_main_process()
+        self.device = self._pick_device(t.device)
+        self.amp_dtype = (
+            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp) if self.device.type == "cuda" else None
+        )
+
+        if iters_per_epoch is None:
+            iters_per_epoch = len(train_loader)
+        self.iters_per_epoch = max(1, int(iters_per_epoch))
+        if t.max_iters > 0:
+            self.max_iters, steps = t.max_iters, [int(s) for s in t.steps]
+        else:
+            self.max_iters = math.ceil(t.epochs * self.iters_per_epoch)
+            steps = [round(s * self.iters_per_epoch) for s in t.steps]
+
+        model = model.to(self.device)
+        if cfg.model.sync_bn and dist.get_world_size() > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.ema = ModelEMA(model, t.ema_decay, t.ema_tau) if t.ema else None
+        self.optimizer = build_optimizer(
+            model,
+            name=t.optimizer,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            momentum=t.momentum,
+            nesterov=t.nesterov,
+            betas=t.betas,
+            decay_norm_and_bias=t.decay_norm_and_bias,
+        )
+        if dist.get_world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+        self.criterion = criterion.to(self.device)
+        self.scheduler = WarmupScheduler(
+            self.optimizer,
+            max_iters=self.max_iters,
+            schedule=t.lr_schedule,
+            steps=steps,
+            gamma=t.gamma,
+            min_lr_ratio=t.min_lr_ratio,
+            warmup_iters=t.warmup_iters,
+            warmup_factor=t.warmup_factor,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.data = DataStream(train_loader)
+        self.val_loader, self.val_dataset = val_loader, val_dataset
+        self.class_names = class_names
+        self.checkpoints = CheckpointManager(self.output_dir, keep_last=t.keep_last)
+        self.iteration = 0
+        self.best_metric: float | None = None
+        self.skipped_nonfinite = 0
+        self.last_eval: Any = None
+        self.writer: Any = None
+        self.visualizer: Any = None
+        self._last_saved: Path | None = None
+        self._loss_sums: dict[str, torch.Tensor] = {}
+        self._window = (0, time.perf_counter())  # (iteration, time) at the last log
+        self._bar: tqdm | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _pick_device(name: str) -> torch.device:
+        if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise DataError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", dist.get_local_rank())
+
+    def _open_outputs(self) -> None:
+        if not self.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.output_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.output_dir))
+        if self.cfg.vis.period > 0:
+            try:
+                from detmine.viz.tensorboard import MiningVisualizer
+            except ImportError:
+                tqdm.write("note: detmine.viz is not available; vis.period is ignored")
+            else:
+                self.visualizer = MiningVisualizer(
+                    self.writer,
+                    self.cfg.vis.period,
+                    num_images=self.cfg.vis.num_images,
+                    top_k=self.cfg.vis.top_k,
+                    class_names=self.class_names,
+                )
+
+    def resume_or_load(self) -> bool:
+        """With ``train.resume``, continue from the newest checkpoint in ``output_dir``."""
+        if not self.cfg.train.resume:
+            return False
+        state = self.checkpoints.load_latest(map_location="cpu")
+        if state is None:
+            if self.is_main:
+                tqdm.write(f"note: no checkpoint in {self.output_dir} to resume from; starting from scratch")
+            return False
+        self.load_state(state)
+        if self.is_main:
+            tqdm.write(f"resumed from {self.checkpoints.latest()} at iteration {self.iteration}")
+        return True
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint written by :meth:`state_dict`."""
+        missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "sampler") if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint lacks {', '.join(missing)}; it is not a detmine training checkpoint"
+            )
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint does not fit this model/optimizer: {str(exc).splitlines()[0]}"
+            ) from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_metric = state.get("best_metric")
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        self.data.load_state_dict(state["sampler"])
+        self.data.fast_forward()  # before the RNG restore: draining batches draws random numbers
+        rngs = state.get("rng") or []
+        if rngs:
+            set_rng_state(rngs[dist.get_rank()] if len(rngs) == dist.get_world_size() else rngs[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue (collective: gathers every rank's RNG state)."""
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "iteration": self.iteration,
+            "epoch": self.data.epoch,
+            "sampler": self.data.state_dict(),
+            "rng": dist.all_gather_object(rng_state()),
+            "config": config_to_dict(self.cfg),
+            "best_metric": self.best_metric,
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> Any:
+        """Run to ``max_iters``; returns the final :class:`EvalResult` (rank 0) or None."""
+        self._open_outputs()
+        self.resume_or_load()
+        self.model.train()
+        if self.is_main:
+            self._bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", dynamic_ncols=True)
+        self._window = (self.iteration, time.perf_counter())
+        try:
+            while self.iteration < self.max_iters:
+                images, targets = next(self.data)
+                self.run_step(images, targets)
+                self.iteration += 1
+                self._after_step()
+            if self._last_saved is None or self._last_saved != self.checkpoints.path_for(self.iteration):
+                self.save()
+            period = self.cfg.eval.period
+            if self.val_loader is not None and (period <= 0 or self.iteration % period != 0):
+                self.evaluate()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            if self.writer is not None:
+                self.writer.flush()
+                self.writer.close()
+        return self.last_eval
+
+    def run_step(self, images: torch.Tensor, targets: list[Target]) -> None:
+        """One optimisation step (or a counted skip of a non-finite batch)."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets_to(targets, self.device)
+        autocast = (
+            torch.autocast("cuda", dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.model(images)
+        outputs = HeadOutputs(out.cls_logits.float(), out.box_deltas.float(), out.anchors.float())
+        losses, record = self.criterion(outputs, outputs.anchors, targets)
+        total = sum(losses.values())
+        if not dist.all_true(bool(torch.isfinite(total)), self.device):
+            self._on_nonfinite(losses)
+            self.scheduler.step()
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.train.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
+        for k, v in losses.items():
+            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v.detach()
+        if self.visualizer is not None:
+            self.visualizer.maybe_log(self.iteration, images, targets, outputs, record)
+
+    def _on_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        if self.cfg.train.on_nonfinite == "skip":
+            self.skipped_nonfinite += 1
+            if self.is_main:
+                tqdm.write(
+                    f"warning: non-finite loss ({values}) at iteration {self.iteration}; batch skipped "
+                    f"({self.skipped_nonfinite} so far)"
+                )
+            return
+        last = self.checkpoints.latest()
+        where = f"last good checkpoint: {last}" if last is not None else "no checkpoint was saved yet"
+        raise NonFiniteError(
+            f"loss is not finite ({values}) at iteration {self.iteration}; {where} "
+            "(lower train.lr or lengthen train.warmup_iters, or set train.on_nonfinite=skip)"
+        )
+
+    def _after_step(self) -> None:
+        it, t, c = self.iteration, self.cfg.train, self.cfg.eval
+        if self._bar is not None:
+            self._bar.update(1)
+        if t.log_period > 0 and (it % t.log_period == 0 or it == self.max_iters):
+            self.log_train()
+        if self.val_loader is not None and c.period > 0 and it % c.period == 0:
+            self.evaluate()  # before the checkpoint, so the saved best_metric is current
+        if t.checkpoint_period > 0 and it % t.checkpoint_period == 0:
+            self.save()
+
+    # ------------------------------------------------------------------ outputs
+
+    def save(self) -> Path | None:
+        """Checkpoint the current iteration (rank 0 writes; every rank must call it)."""
+        state = self.state_dict()
+        path = None
+        if self.is_main:
+            path = self.checkpoints.save(state, self.iteration)
+        self._last_saved = self.checkpoints.path_for(self.iteration)
+        return path
+
+    def log_train(self) -> None:
+        """Average the losses since the last log over iterations and ranks; write them out."""
+        start_it, start_t = self._window
+        n = max(1, self.iteration - start_it)
+        now = time.perf_counter()
+        means = dist.reduce_dict(
+            {k: v / n for k, v in self._loss_sums.items() if isinstance(v, torch.Tensor)}
+        )
+        self._loss_sums = {}
+        self._window = (self.iteration, now)
+        if not self.is_main:
+            return
+        sec_per_iter = (now - start_t) / n
+        record = {
+            "type": "train",
+            "iteration": self.iteration,
+            "loss": float(sum(means.values())) if means else float("nan"),
+            **{f"loss_{k}": float(v) for k, v in means.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": self.cfg.train.batch_size / sec_per_iter if sec_per_iter > 0 else 0.0,
+            "sec_per_iter": sec_per_iter,
+            "eta_s": sec_per_iter * (self.max_iters - self.iteration),
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+        self._write_metrics(record)
+        for key in ("loss", "lr", "images_per_s", *(k for k in record if k.startswith("loss_"))):
+            self.writer.add_scalar(f"train/{key}", record[key], self.iteration)
+        if self._bar is not None:
+            self._bar.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"
+            )
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> Any:
+        """COCO evaluation of the EMA weights (or the model) on the validation loader."""
+        from detmine.engine.evaluator import evaluate
+
+        net = self.ema.module if self.ema is not None else unwrap(self.model)
+        gather = dist.all_gather_object if dist.get_world_size() > 1 else None
+        with preserved_rng():
+            result = evaluate(
+                net,
+                self.val_loader,
+                self.val_dataset,
+                backend=self.cfg.eval.backend,
+                device=self.device,
+                gather_fn=gather,
+                progress=self.is_main,
+            )
+        self.model.train()
+        ap = dist.broadcast_object(float(result.stats["AP"]) if result is not None else None)
+        if self.best_metric is None or (ap is not None and ap > self.best_metric):
+            self.best_metric = ap
+            state = self.state_dict()
+            if self.is_main:
+                save_checkpoint(self.output_dir / "best.pth", state)
+        if self.is_main and result is not None:
+            self.last_eval = result
+            self._write_metrics({"type": "eval", "iteration": self.iteration, **result.stats})
+            for key, value in result.stats.items():
+                self.writer.add_scalar(f"eval/{key}", value, self.iteration)
+            try:
+                from detmine.viz.tensorboard import log_evaluation
+            except ImportError:
+                pass
+            else:
+                log_evaluation(self.writer, result, self.iteration)
+        return result
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Call before building the model; each
+    rank adds its rank so data augmentation differs across processes (DDP broadcasts rank
+    0's initial weights anyway)."""
+    import random
+
+    import numpy as np
+
+    seed = seed + dist.get_rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
