@@ -74,12 +74,15 @@ def _column_weights(
 ) -> tuple[Tensor, Tensor]:
     """Per-column weights ``[K]`` of negative (target 0) and positive (target 1) terms."""
     num_classes = logits.shape[-1]
-    alpha_t = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device).expand(num_classes)
-    if alpha_t.ndim != 1 or alpha_t.shape[0] != num_classes:
+    alpha_t = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
+    if alpha_t.ndim == 0:
+        alpha_t = alpha_t.expand(num_classes)
+    if alpha_t.shape != (num_classes,):
         raise ValueError(
-            f"alpha must be a float or have {num_classes} values (one per class), got {tuple(alpha_t.shape)}"
+            f"alpha must be a float or have {num_classes} values (one per class), got shape {tuple(alpha_t.shape)}"
         )
-    if bool(((alpha_t < 0) | (alpha_t > 1)).any()):
+    if not isinstance(alpha, Tensor) and bool(((alpha_t < 0) | (alpha_t > 1)).any()):
+        # tensors are not checked here: that would cost a device sync every step
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     w_neg, w_pos = 1.0 - alpha_t, alpha_t
     if class_weights is not None:

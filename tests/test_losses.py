@@ -1,0 +1,184 @@
+"""detmine.losses against torchvision / torch.nn.functional references (values and gradients)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
+from torchvision.models.detection._utils import _box_loss
+from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+from detmine.box_coder import BoxCoder
+from detmine.losses import (
+    balanced_cross_entropy_per_anchor,
+    box_regression_loss,
+    focal_loss_per_anchor,
+    sigmoid_focal_loss,
+    softmax_cross_entropy,
+)
+
+
+def random_labels(gen, shape, num_classes, p_pos=0.2, p_ignore=0.1):
+    u = torch.rand(shape, generator=gen)
+    labels = torch.randint(1, num_classes + 1, shape, generator=gen)
+    labels = torch.where(u < p_pos, labels, 0)
+    return torch.where(u > 1 - p_ignore, -1, labels)
+
+
+def one_hot(labels, num_classes, dtype=torch.float32):
+    """RetinaNet's target: one column per class, background rows all zero."""
+    t = torch.zeros(*labels.shape, num_classes, dtype=dtype)
+    pos = labels > 0
+    t[pos, labels[pos] - 1] = 1.0
+    return t
+
+
+def reference_focal(logits, labels, alpha=0.25, gamma=2.0):
+    loss = tv_focal(logits, one_hot(labels, logits.shape[-1], logits.dtype), alpha=alpha, gamma=gamma).sum(-1)
+    return loss * (labels >= 0)
+
+
+def values_and_grad(fn, logits, weight):
+    x = logits.clone().requires_grad_(True)
+    out = fn(x)
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    return out.detach(), grad
+
+
+@pytest.mark.parametrize("gamma", [2.0, 1.5, 0.0, 3.0])
+@pytest.mark.parametrize("alpha", [0.25, 0.6])
+def test_focal_per_anchor_equals_torchvision(gamma, alpha):
+    gen = torch.Generator().manual_seed(int(gamma * 10 + alpha * 100))
+    logits = torch.randn(3, 200, 7, generator=gen) * 4
+    logits[0, :5] = 30.0  # saturated logits on positives and negatives
+    logits[1, :5] = -30.0
+    labels = random_labels(gen, (3, 200), 7)
+    weight = torch.rand(3, 200, generator=gen)
+    ours, g_ours = values_and_grad(lambda x: focal_loss_per_anchor(x, labels, alpha, gamma), logits, weight)
+    ref, g_ref = values_and_grad(lambda x: reference_focal(x, labels, alpha, gamma), logits, weight)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+    assert (ours[labels < 0] == 0).all()
+    assert (g_ours[labels < 0] == 0).all()
+
+
+def test_focal_per_anchor_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 6, 3, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    labels = torch.tensor([[0, 1, 2, 3, -1, 0], [3, 0, 0, -1, 1, 2]])
+    for gamma in (2.0, 1.5, 0.0):
+        assert torch.autograd.gradcheck(
+            lambda x, g=gamma: focal_loss_per_anchor(x, labels, 0.25, g), (logits,)
+        )
+
+
+def test_per_class_alpha_and_weights():
+    gen = torch.Generator().manual_seed(1)
+    num_classes = 4
+    logits = torch.randn(2, 50, num_classes, generator=gen) * 3
+    labels = random_labels(gen, (2, 50), num_classes)
+    alpha = torch.tensor([0.1, 0.25, 0.5, 0.9])
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    targets = one_hot(labels, num_classes)
+    # Reference: torchvision's focal term without alpha, then the class-wise alpha_t and weights.
+    raw = tv_focal(logits, targets, alpha=-1, gamma=2.0)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    ref = (raw * alpha_t * weights).sum(-1) * (labels >= 0)
+    ours = focal_loss_per_anchor(logits, labels, alpha=alpha, gamma=2.0, class_weights=weights)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    # A scalar alpha equals the same alpha repeated per class.
+    torch.testing.assert_close(
+        focal_loss_per_anchor(logits, labels, alpha=torch.full((num_classes,), 0.3)),
+        focal_loss_per_anchor(logits, labels, alpha=0.3),
+    )
+    with pytest.raises(ValueError, match="one per class"):
+        focal_loss_per_anchor(logits, labels, alpha=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        focal_loss_per_anchor(logits, labels, alpha=1.5)
+
+
+def test_balanced_ce_is_alpha_weighted_bce():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 40, 5, generator=gen) * 3
+    labels = random_labels(gen, (2, 40), 5)
+    targets = one_hot(labels, 5)
+    weight = 0.25 * targets + 0.75 * (1 - targets)
+    ref = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none").sum(-1) * (
+        labels >= 0
+    )
+    weights_out = torch.rand(2, 40, generator=gen)
+    ours, g_ours = values_and_grad(
+        lambda x: balanced_cross_entropy_per_anchor(x, labels, 0.25), logits, weights_out
+    )
+    _, g_ref = values_and_grad(
+        lambda x: (
+            F.binary_cross_entropy_with_logits(x, targets, weight=weight, reduction="none").sum(-1)
+            * (labels >= 0)
+        ),
+        logits,
+        weights_out,
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_sigmoid_focal_loss_keeps_torchvision_signature(reduction):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 3, generator=gen)
+    t = (torch.rand(10, 3, generator=gen) > 0.7).float()
+    torch.testing.assert_close(
+        sigmoid_focal_loss(x, t, alpha=0.3, gamma=1.0, reduction=reduction),
+        tv_focal(x, t, alpha=0.3, gamma=1.0, reduction=reduction),
+    )
+
+
+def test_softmax_cross_entropy():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 30, 6, generator=gen)
+    labels = random_labels(gen, (2, 30), 5)
+    weight = torch.rand(2, 30, generator=gen)
+    ours, g_ours = values_and_grad(lambda x: softmax_cross_entropy(x, labels), logits, weight)
+    ref = F.cross_entropy(logits.reshape(-1, 6), labels.clamp(min=0).reshape(-1), reduction="none").view(
+        2, 30
+    )
+    torch.testing.assert_close(ours, ref * (labels >= 0))
+    assert (g_ours[labels < 0] == 0).all()
+    class_weights = torch.tensor([0.5, 1, 2, 3, 4, 5.0])
+    weighted = softmax_cross_entropy(logits, labels, class_weights=class_weights)
+    torch.testing.assert_close(weighted, ours * class_weights[labels.clamp(min=0)] * (labels >= 0))
+
+
+@pytest.mark.parametrize("kind", ["smooth_l1", "l1", "giou"])
+@pytest.mark.parametrize("weights", [(10.0, 10.0, 5.0, 5.0), (1.0, 1.0, 1.0, 1.0)])
+def test_box_losses_equal_torchvision(kind, weights):
+    gen = torch.Generator().manual_seed(5)
+    xy = torch.rand(40, 2, generator=gen) * 100
+    anchors = torch.cat([xy, xy + torch.rand(40, 2, generator=gen) * 50 + 5], 1)
+    gt = anchors + torch.randn(40, 4, generator=gen) * 3
+    gt[:, 2:] = torch.maximum(gt[:, 2:], gt[:, :2] + 1)
+    deltas = torch.randn(40, 4, generator=gen) * 0.3
+    ours, g_ours = values_and_grad(
+        lambda d: box_regression_loss(kind, d, gt, anchors, BoxCoder(weights)), deltas, torch.tensor(1.0)
+    )
+    ref, g_ref = values_and_grad(
+        lambda d: _box_loss(kind, TVBoxCoder(weights), anchors, gt, d), deltas, torch.tensor(1.0)
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_box_loss_beta_and_empty():
+    coder = BoxCoder((1, 1, 1, 1))
+    anchors = torch.tensor([[0.0, 0, 10, 10]])
+    gt = torch.tensor([[1.0, 1, 11, 11]])
+    d = torch.zeros(1, 4)
+    target = coder.encode(gt, anchors)
+    expected = F.smooth_l1_loss(d, target, beta=0.05, reduction="sum")
+    torch.testing.assert_close(box_regression_loss("smooth_l1", d, gt, anchors, coder, beta=0.05), expected)
+    for kind in ("smooth_l1", "l1", "giou"):
+        empty = torch.zeros(0, 4, requires_grad=True)
+        loss = box_regression_loss(kind, empty, torch.zeros(0, 4), torch.zeros(0, 4), coder)
+        assert loss.item() == 0.0
+        loss.backward()
+    with pytest.raises(ValueError, match="valid: smooth_l1, l1, giou"):
+        box_regression_loss("iou", d, gt, anchors, coder)
