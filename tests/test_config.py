@@ -1,0 +1,106 @@
+"""Config: YAML + overrides, one-line errors naming the key, the saved resolved config."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from detmine.config import Config, config_from_dict, config_to_dict, load_config, save_config
+from detmine.errors import ConfigError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(
+        tmp_path,
+        "model: {name: ssdlite_tiny, options: {width: 16}}\n"
+        "mining: {type: ssd, ssd: {neg_pos_ratio: 3, min_negatives: 8}}\n"
+        "train: {max_iters: 100, lr: 0.1, steps: [60, 80]}\n",
+    )
+    cfg = load_config(
+        path,
+        [
+            "train.lr=1e-3",  # YAML 1.1 reads this as a string: still a float
+            "mining=ohem",  # shortcut for mining.type
+            "mining.ohem.nms_iou=0.5",
+            "model.options.pretrained=false",
+            "data.train_split=2017",  # str field keeps the text
+            "train.steps=[10, 20]",
+            "model.weights=null",
+        ],
+    )
+    assert isinstance(cfg, Config)
+    assert cfg.model.name == "ssdlite_tiny" and cfg.model.options == {"width": 16, "pretrained": False}
+    assert cfg.train.lr == 1e-3 and cfg.train.max_iters == 100 and cfg.train.steps == [10.0, 20.0]
+    assert cfg.mining.type == "ohem" and cfg.mining.ssd.min_negatives == 8
+    assert cfg.mining.options() == {
+        "batch_size_per_image": 128,
+        "nms_iou": 0.5,
+        "pos_fraction": None,
+        "pre_nms_topk": 2000,
+    }
+    assert cfg.data.train_split == "2017" and cfg.model.weights is None
+    assert isinstance(cfg.train.momentum, float)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr_shedule=cosine", ["'train.lr_schedule'", "did you mean 'train.lr_schedule'"]),
+        ("trian.lr=0.1", ["'trian'", "did you mean 'train'", "valid keys: data, model"]),
+        ("mining.ohem.nms=0.5", ["'mining.ohem.nms'", "did you mean 'mining.ohem.nms_iou'"]),
+        ("train.lr=fast", ["'train.lr'", "expects float", "'fast'"]),
+        ("train.max_iters=1.5", ["'train.max_iters'", "expects int"]),
+        ("train.ema=yes please", ["'train.ema'", "expects bool"]),
+        ("mining.type=ohm", ["'mining.type'", "'all', 'ssd', 'ohem', 'random'", "did you mean 'ohem'"]),
+        ("train.optimizer=adam", ["'train.optimizer'", "'sgd', 'adamw'"]),
+        ("train.steps=5", ["'train.steps'", "a list of float"]),
+        ("train.lr.value=1", ["'train.lr'", "not a section"]),
+        ("train.lr", ["key.sub=value"]),
+        ("train.steps=[3, 1]", ["train.steps must be increasing"]),
+    ],
+)
+def test_override_errors_are_one_line_and_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.max_iters=10", override])
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_file_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.warmup'.*in .*recipe.yaml"):
+        load_config(write(tmp_path, "train: {max_iters: 10, warmup: 5}\n"))
+    with pytest.raises(ConfigError, match=r"'data.image_size' expects int, got 'big'"):
+        load_config(write(tmp_path, "train: {max_iters: 10}\ndata: {image_size: big}\n"))
+    with pytest.raises(ConfigError, match="'train' is a section and expects a mapping"):
+        load_config(write(tmp_path, "train: 3\n"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml line \d+ is not valid YAML"):
+        load_config(write(tmp_path, "train:\n  lr: [0.1\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="train.max_iters .* or train.epochs"):
+        load_config(write(tmp_path, "train: {lr: 0.1}\n"))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.max_iters=10", "mining=random", "model.options={depth: 18}"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert config_from_dict(yaml.safe_load(path.read_text())) == cfg
+    assert config_to_dict(cfg)["mining"]["type"] == "random"
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+    for path in configs:
+        load_config(path)
