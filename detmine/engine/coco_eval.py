@@ -83,7 +83,15 @@ def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int
         return None
 
     coco_gt = COCO(gt, print_function=quiet)
-    coco_dt = coco_gt.loadRes(results)
+    # What loadRes does for boxes (id, area, iscrowd) without its per-box polygon, which bbox
+    # evaluation never reads: ~15% of the whole evaluation time.
+    annotations = [
+        {**r, "id": i, "area": float(r["bbox"][2]) * float(r["bbox"][3]), "iscrowd": 0}
+        for i, r in enumerate(results, start=1)
+    ]
+    coco_dt = COCO(print_function=quiet)
+    coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": annotations}
+    coco_dt.createIndex()
     coco_eval = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(image_ids)
@@ -101,7 +109,7 @@ def coco_bbox_eval(
     Args:
         gt: COCO ground-truth dict (passed through :func:`prepare_gt`).
         results: COCO result dicts ``{"image_id", "category_id", "bbox" xywh, "score"}``; not
-            modified (the backends annotate their input, so they get copies).
+            modified.
         backend: "faster_coco_eval" or "pycocotools".
         image_ids: restrict the evaluation to these images (default: all GT images).
 
@@ -112,7 +120,12 @@ def coco_bbox_eval(
     if backend not in BACKENDS:
         raise ConfigError(f"evaluation backend '{backend}' is unknown; valid: {', '.join(BACKENDS)}")
     gt = prepare_gt(gt)
-    results = [dict(r) for r in results]
+    known = {img["id"] for img in gt["images"]}
+    unknown = {r["image_id"] for r in results} - known
+    if unknown:
+        raise DataError(f"COCO results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
+    if backend == "pycocotools":
+        results = [dict(r) for r in results]  # its loadRes annotates the dicts in place
     runner = _run_faster_coco_eval if backend == "faster_coco_eval" else _run_pycocotools
     coco_eval = runner(gt, results, image_ids)
     stats = np.asarray(coco_eval.stats[: len(COCO_STAT_NAMES)], dtype=np.float64)
