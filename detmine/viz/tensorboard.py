@@ -35,8 +35,9 @@ Scalars:
 
 :func:`log_evaluation` writes ``eval/coco_table`` (text), ``eval/pr_curve_iou50``
 (image: precision-recall grid, one plot per class) and the scalars
-``eval/<stat>`` (AP, AP50, ...), ``eval/per_class_AP/<class name>`` and, with VOC
-metrics, ``eval/per_class_VOC_AP/<class name>`` (spaces in names become ``_``).
+``eval/per_class_AP/<class name>`` and, with VOC metrics,
+``eval/per_class_VOC_AP/<class name>`` (spaces in names become ``_``). The 12 COCO
+numbers (``eval/AP``, ...) are the trainer's to log.
 """
 
 from __future__ import annotations
@@ -335,14 +336,11 @@ def log_evaluation(writer: Any, result: EvalResult, step: int, prefix: str = "ev
     Tags: ``<prefix>/coco_table`` (text, the COCO table as a code block),
     ``<prefix>/pr_curve_iou50`` (image: one precision-recall plot per class at
     IoU 0.5, plus the mean over classes; only when ``result.precision`` is set),
-    ``<prefix>/<stat>`` for each of ``result.stats`` and
     ``<prefix>/per_class_AP/<class name>`` (spaces become ``_``) and, with VOC
     metrics, ``<prefix>/per_class_VOC_AP/<class name>``.
     """
     table = "\n".join("    " + line for line in result.table.splitlines())  # markdown code block
     writer.add_text(f"{prefix}/coco_table", table, step)
-    for key, value in result.stats.items():
-        writer.add_scalar(f"{prefix}/{key}", float(value), step)
     for name, value in result.per_class_ap.items():
         writer.add_scalar(f"{prefix}/per_class_AP/{name.replace(' ', '_')}", float(value), step)
     for name, value in getattr(result, "per_class_voc_ap", {}).items():

@@ -273,7 +273,7 @@ def test_log_evaluation(tmp_path):
     assert text.tensor_proto.string_val[0].decode() == "    AP   0.310\n    AP50 0.520"
     img = ea.Images("eval/pr_curve_iou50")[0]
     np.testing.assert_array_equal(_decode(img), draw_pr_grid(result.precision, result.class_names))
-    assert ea.Scalars("eval/AP")[0].value == pytest.approx(0.31)
+    assert "eval/AP" not in ea.Tags()["scalars"]  # the trainer logs the COCO stats itself
     assert ea.Scalars("eval/per_class_AP/dog")[0].value == pytest.approx(0.2)
     assert math.isnan(ea.Scalars("eval/per_class_AP/traffic_light")[0].value)
 
