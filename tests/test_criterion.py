@@ -1,0 +1,343 @@
+"""detmine.criterion against torchvision's SSD and RetinaNet loss code, plus bad input."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
+from torchvision.models.detection._utils import Matcher as TVMatcher
+from torchvision.models.detection._utils import SSDMatcher
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
+from torchvision.models.detection.ssd import SSD
+from torchvision.ops import box_iou
+
+from detmine.box_coder import BoxCoder
+from detmine.criterion import Criterion, build_criterion
+from detmine.errors import ConfigError, DataError, NonFiniteError
+from detmine.matching import Matcher
+from detmine.mining import build_miner
+from detmine.structures import HeadOutputs
+
+SSD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+RETINA_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+def random_boxes(n, gen, size=128.0, min_wh=4.0):
+    xy = torch.rand(n, 2, generator=gen) * size * 0.8
+    wh = torch.rand(n, 2, generator=gen) * size / 3 + min_wh
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def make_targets(gen, counts, num_classes, ignore=None):
+    targets = []
+    for i, n in enumerate(counts):
+        ign = torch.zeros(0, 4) if ignore is None else ignore[i]
+        targets.append(
+            {
+                "boxes": random_boxes(n, gen),
+                "labels": torch.randint(1, num_classes + 1, (n,), generator=gen),
+                "ignore_boxes": ign,
+                "image_id": i,
+                "orig_size": (128, 128),
+                "input_size": (128, 128),
+            }
+        )
+    return targets
+
+
+def make_outputs(gen, num_images, anchors, columns, requires_grad=True):
+    logits = torch.randn(num_images, len(anchors), columns, generator=gen) * 2
+    deltas = torch.randn(num_images, len(anchors), 4, generator=gen) * 0.5
+    return HeadOutputs(logits.requires_grad_(requires_grad), deltas.requires_grad_(requires_grad), anchors)
+
+
+def tv_matched_idxs(matcher, anchors, targets):
+    """torchvision's per-image matching loop (empty images -> all -1), as in SSD / RetinaNet."""
+    out = []
+    for t in targets:
+        if t["boxes"].numel() == 0:
+            out.append(torch.full((len(anchors),), -1, dtype=torch.int64))
+        else:
+            out.append(matcher(box_iou(t["boxes"], anchors)))
+    return out
+
+
+def ssd_criterion(**mining):
+    return build_criterion(
+        "softmax", BoxCoder(SSD_WEIGHTS), {"preset": "ssd"}, {}, {"type": "ssd", "min_negatives": 0, **mining}
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ssd_path_equals_torchvision_ssd_compute_loss(seed):
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = 5
+    anchors = random_boxes(400, gen)
+    targets = make_targets(gen, [3, 0, 6, 1], num_classes)  # image 1 has no objects
+    outputs = make_outputs(gen, 4, anchors, num_classes + 1)
+    losses, record = ssd_criterion()(outputs, anchors, targets)
+
+    tv_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    matched = tv_matched_idxs(SSDMatcher(0.5), anchors, targets)
+    logits = outputs.cls_logits.detach().clone().requires_grad_(True)
+    deltas = outputs.box_deltas.detach().clone().requires_grad_(True)
+    ref = SSD.compute_loss(
+        SimpleNamespace(box_coder=TVBoxCoder(SSD_WEIGHTS), neg_to_pos_ratio=3),
+        tv_targets,
+        {"cls_logits": logits, "bbox_regression": deltas},
+        [anchors] * 4,
+        matched,
+    )
+    torch.testing.assert_close(losses["cls"], ref["classification"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["box"], ref["bbox_regression"], rtol=1e-5, atol=1e-6)
+    ours_grads = torch.autograd.grad(losses["cls"] + losses["box"], [outputs.cls_logits, outputs.box_deltas])
+    ref_grads = torch.autograd.grad(ref["classification"] + ref["bbox_regression"], [logits, deltas])
+    for a, b in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert record.positives.sum() > 0
+    # torchvision (and min_negatives=0) drop the background-only image entirely.
+    assert not record.selected[1].any()
+    assert record.counts()["mined_negatives"].tolist() == [3 * int(n) for n in record.counts()["positives"]]
+
+
+def focal_setup(seed, counts, same_targets=False):
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = 4
+    anchors = random_boxes(500, gen, min_wh=8.0)
+    targets = make_targets(gen, counts, num_classes)
+    if same_targets:  # every image has the same boxes -> the same number of positives
+        targets = [{**targets[0], "image_id": i} for i in range(len(counts))]
+    outputs = make_outputs(gen, len(counts), anchors, num_classes)
+    criterion = build_criterion(
+        "sigmoid", BoxCoder(RETINA_WEIGHTS), {"preset": "retinanet"}, {}, {"type": "all"}
+    )
+    tv_targets = [
+        {"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets
+    ]  # torchvision: column index
+    matched = tv_matched_idxs(TVMatcher(0.5, 0.4, True), anchors, targets)
+    head = RetinaNetClassificationHead(in_channels=8, num_anchors=1, num_classes=num_classes)
+    reg_head = RetinaNetRegressionHead(in_channels=8, num_anchors=1)  # l1 loss, RetinaNet's default
+    return anchors, targets, outputs, criterion, tv_targets, matched, head, reg_head
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_focal_path_equals_torchvision_retinanet_when_positives_are_equal(seed):
+    anchors, targets, outputs, criterion, tv_targets, matched, head, reg_head = focal_setup(
+        seed, [4, 4, 4], same_targets=True
+    )
+    losses, _ = criterion(outputs, anchors, targets)
+    head_outputs = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_deltas}
+    ref_cls = head.compute_loss(tv_targets, head_outputs, matched)
+    ref_box = reg_head.compute_loss(tv_targets, head_outputs, [anchors] * 3, matched)
+    torch.testing.assert_close(losses["cls"], ref_cls, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["box"], ref_box, rtol=1e-5, atol=1e-6)
+    g_ours = torch.autograd.grad(losses["cls"], outputs.cls_logits, retain_graph=True)[0]
+    g_ref = torch.autograd.grad(ref_cls, outputs.cls_logits)[0]
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_focal_path_normalisation_differs_from_torchvision_by_per_image_weights():
+    anchors, targets, outputs, criterion, tv_targets, matched, head, _ = focal_setup(3, [1, 6, 0, 3])
+    losses, record = criterion(outputs, anchors, targets)
+    ref = head.compute_loss(tv_targets, {"cls_logits": outputs.cls_logits}, matched)
+    per_image = torch.where(record.selected, record.cls_loss, 0.0).sum(1)  # L_b
+    num_pos = record.counts()["positives"].float()
+    assert len(set(num_pos.tolist())) > 1, "the test needs unequal positive counts"
+    # ours: sum_b L_b / max(1, sum_b P_b); torchvision: mean_b L_b / max(1, P_b)
+    torch.testing.assert_close(losses["cls"].detach(), per_image.sum() / num_pos.sum().clamp(min=1))
+    torch.testing.assert_close(ref.detach(), (per_image / num_pos.clamp(min=1)).mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(losses["cls"].detach(), ref.detach())
+
+
+def test_ignore_band_and_regions_do_not_count():
+    gen = torch.Generator().manual_seed(4)
+    anchors = random_boxes(300, gen)
+    ignore = [torch.tensor([[0.0, 0, 64, 64]]), torch.zeros(0, 4)]
+    targets = make_targets(gen, [2, 2], 3, ignore=ignore)
+    outputs = make_outputs(gen, 2, anchors, 3)
+    criterion = build_criterion("sigmoid", BoxCoder(), {"preset": "retinanet"}, {}, {"type": "all"})
+    losses, record = criterion(outputs, anchors, targets)
+    assert record.ignored.any()
+    assert not (record.selected & record.ignored).any()
+    assert (record.cls_loss[record.ignored] == 0).all()
+    (grad,) = torch.autograd.grad(losses["cls"], outputs.cls_logits)
+    assert (grad[record.ignored] == 0).all()
+
+
+def test_background_only_images_contribute_with_min_negatives():
+    gen = torch.Generator().manual_seed(5)
+    anchors = random_boxes(200, gen)
+    targets = make_targets(gen, [0, 0], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    losses, record = ssd_criterion()(outputs, anchors, targets)
+    assert losses["cls"].item() == 0.0 and losses["box"].item() == 0.0
+    (losses["cls"] + losses["box"]).backward()  # still differentiable
+    losses, record = ssd_criterion(min_negatives=7)(outputs, anchors, targets)
+    assert record.selected.sum(1).tolist() == [7, 7]
+    top = record.cls_loss.topk(7, dim=1).values.sum()
+    torch.testing.assert_close(losses["cls"].detach(), top)  # normaliser max(1, 0) = 1
+
+
+def test_all_ignore_image_and_single_anchor():
+    anchors = torch.tensor([[10.0, 10, 50, 50]])
+    targets = make_targets(
+        torch.Generator().manual_seed(0),
+        [0, 0],
+        2,
+        ignore=[torch.tensor([[0.0, 0, 128, 128]]), torch.zeros(0, 4)],
+    )
+    targets[1]["boxes"] = torch.tensor([[12.0, 12, 50, 50]])
+    targets[1]["labels"] = torch.tensor([2])
+    gen = torch.Generator().manual_seed(1)
+    for activation, columns in (("softmax", 3), ("sigmoid", 2)):
+        outputs = make_outputs(gen, 2, anchors, columns)
+        criterion = build_criterion(activation, BoxCoder(), {}, {}, {"type": "all"})
+        losses, record = criterion(outputs, anchors, targets)
+        assert record.labels.tolist() == [[-1], [2]]
+        assert record.selected.tolist() == [[False], [True]]
+        assert torch.isfinite(losses["cls"]) and torch.isfinite(losses["box"]) and losses["box"] > 0
+        torch.testing.assert_close(losses["cls"].detach(), record.cls_loss[1, 0])
+
+
+@pytest.mark.parametrize("tensor", ["cls_logits", "box_deltas"])
+def test_non_finite_outputs_raise(tensor):
+    gen = torch.Generator().manual_seed(6)
+    anchors = random_boxes(50, gen)
+    targets = make_targets(gen, [1, 1, 1, 2], 3)
+    outputs = make_outputs(gen, 4, anchors, 4, requires_grad=False)
+    getattr(outputs, tensor)[3, 17, 0] = float("nan") if tensor == "cls_logits" else float("inf")
+    kind = "NaN" if tensor == "cls_logits" else "Inf"
+    with pytest.raises(NonFiniteError, match=f"{tensor} contains {kind} at image 3, anchor 17"):
+        ssd_criterion()(outputs, anchors, targets)
+
+
+def test_bad_targets_raise_data_error():
+    gen = torch.Generator().manual_seed(7)
+    anchors = random_boxes(50, gen)
+    targets = make_targets(gen, [2], 3)
+    outputs = make_outputs(gen, 1, anchors, 4)
+    targets[0]["labels"] = torch.tensor([1, 4])
+    with pytest.raises(DataError, match=r"label 4 is outside 1\.\.3"):
+        ssd_criterion()(outputs, anchors, targets)
+    targets[0]["labels"] = torch.tensor([1, 2])
+    targets[0]["boxes"][1] = torch.tensor([50.0, 50, 10, 10])
+    with pytest.raises(DataError, match="target 0: box 1"):
+        ssd_criterion()(outputs, anchors, targets)
+
+
+def test_boxes_outside_image_are_harmless():
+    gen = torch.Generator().manual_seed(8)
+    anchors = random_boxes(100, gen)
+    targets = make_targets(gen, [2], 3)
+    targets[0]["boxes"][1] = torch.tensor([1000.0, 1000, 1010, 1010])
+    outputs = make_outputs(gen, 1, anchors, 4)
+    losses, record = ssd_criterion()(outputs, anchors, targets)
+    assert torch.isfinite(losses["cls"]) and torch.isfinite(losses["box"])
+    assert not (record.matched_gt[record.positives] == 1).any()
+
+
+class SpyMiner:
+    def __init__(self, needs_boxes):
+        self.needs_boxes = needs_boxes
+        self.boxes = "not called"
+
+    def __call__(self, cls_loss, labels, boxes):
+        assert not cls_loss.requires_grad
+        self.boxes = boxes
+        return labels >= 0
+
+
+@pytest.mark.parametrize("needs_boxes", [True, False])
+def test_miner_gets_decoded_boxes_only_when_needed(needs_boxes):
+    gen = torch.Generator().manual_seed(9)
+    anchors = random_boxes(60, gen)
+    targets = make_targets(gen, [2, 1], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    coder = BoxCoder(SSD_WEIGHTS)
+    spy = SpyMiner(needs_boxes)
+    Criterion(matcher=Matcher.ssd(), box_coder=coder, miner=spy)(outputs, anchors, targets)
+    if needs_boxes:
+        assert not spy.boxes.requires_grad
+        torch.testing.assert_close(spy.boxes, coder.decode(outputs.box_deltas.detach(), anchors))
+    else:
+        assert spy.boxes is None
+
+
+def test_ohem_miner_runs_through_the_criterion():
+    gen = torch.Generator().manual_seed(10)
+    anchors = random_boxes(300, gen)
+    targets = make_targets(gen, [3, 0], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    criterion = build_criterion(
+        "softmax",
+        BoxCoder(SSD_WEIGHTS),
+        {},
+        {},
+        {"type": "ohem", "batch_size_per_image": 16, "pre_nms_topk": 64},
+    )
+    losses, record = criterion(outputs, anchors, targets)
+    assert record.selected.sum(1).tolist() == [16, 16]
+    (losses["cls"] + losses["box"]).backward()
+
+
+def test_ema_normaliser():
+    anchors, targets, outputs, _, _, _, _, _ = focal_setup(11, [2, 3])
+    criterion = build_criterion("sigmoid", BoxCoder(), {}, {"normalizer": "ema"}, {"type": "all"})
+    batch = build_criterion("sigmoid", BoxCoder(), {}, {}, {"type": "all"})
+    ref, record = batch(outputs, anchors, targets)
+    num_pos = float(record.positives.sum())
+    losses, _ = criterion(outputs, anchors, targets)
+    ema = 0.9 * 100.0 + 0.1 * num_pos
+    assert criterion.num_pos_ema.item() == pytest.approx(ema)
+    torch.testing.assert_close(losses["cls"], ref["cls"] * num_pos / ema)
+    assert "num_pos_ema" in criterion.state_dict()
+    criterion.eval()  # evaluation: batch count, EMA untouched
+    losses, _ = criterion(outputs, anchors, targets)
+    torch.testing.assert_close(losses["cls"], ref["cls"])
+    assert criterion.num_pos_ema.item() == pytest.approx(ema)
+
+
+def test_giou_and_weights_options():
+    anchors, targets, outputs, _, _, _, _, _ = focal_setup(12, [2, 3])
+    plain = build_criterion("sigmoid", BoxCoder(), {}, {"box": "giou"}, {"type": "all"})
+    weighted = build_criterion(
+        "sigmoid",
+        BoxCoder(),
+        {},
+        {"box": "giou", "box_weight": 2.0, "class_weights": [1.0, 1.0, 1.0, 1.0], "alpha": [0.25] * 4},
+        {"type": "all"},
+    )
+    a, _ = plain(outputs, anchors, targets)
+    b, _ = weighted(outputs, anchors, targets)
+    torch.testing.assert_close(b["box"], 2.0 * a["box"])
+    torch.testing.assert_close(b["cls"], a["cls"])
+
+
+def test_build_criterion_config_errors():
+    coder = BoxCoder()
+    with pytest.raises(ConfigError, match=r"matching\.fg_iou.*valid keys: preset, fg_iou_thresh"):
+        build_criterion("softmax", coder, {"fg_iou": 0.5}, {}, {})
+    with pytest.raises(ConfigError, match=r"loss\.focal_alpha.*valid keys: cls, alpha"):
+        build_criterion("sigmoid", coder, {}, {"focal_alpha": 0.3}, {})
+    with pytest.raises(ConfigError, match="neg_pos"):
+        build_criterion("softmax", coder, {}, {}, {"type": "ssd", "neg_pos": 3})
+    with pytest.raises(ConfigError, match="does not fit a softmax head"):
+        build_criterion("softmax", coder, {}, {"cls": "focal"}, {})
+    with pytest.raises(ConfigError, match="unknown matching.preset"):
+        build_criterion("softmax", coder, {"preset": "yolo"}, {}, {})
+    with pytest.raises(ConfigError, match="bg_iou_thresh"):
+        build_criterion("softmax", coder, {"fg_iou_thresh": 0.3, "bg_iou_thresh": 0.6}, {}, {})
+    with pytest.raises(ConfigError, match="normalizer"):
+        build_criterion("softmax", coder, {}, {"normalizer": "image"}, {})
+    criterion = build_criterion("softmax", coder, {}, {"class_weights": [1.0, 2.0]}, {})
+    gen = torch.Generator().manual_seed(0)
+    anchors = random_boxes(20, gen)
+    with pytest.raises(ConfigError, match="class_weights has 2 values"):
+        criterion(make_outputs(gen, 1, anchors, 4), anchors, make_targets(gen, [1], 3))
+    # defaults follow the head: softmax -> ssd matcher / ssd miner; sigmoid -> retinanet / all / focal / l1
+    soft = build_criterion("softmax", coder, None, None, None)
+    sig = build_criterion("sigmoid", coder, {"fg_iou_thresh": None}, {}, {})
+    assert soft.matcher.force_best_match and type(soft.miner).__name__ == "SSDMiner"
+    assert sig.matcher.allow_low_quality and sig.cls_loss_name == "focal" and sig.box_loss_name == "l1"
+    assert type(sig.miner).__name__ == "AllAnchorsMiner"
+    assert type(build_miner("all")).__name__ == "AllAnchorsMiner"
