@@ -128,11 +128,13 @@ class FakeDetector(nn.Module):
 
 
 class FakeCriterion(nn.Module):
-    """Labels = class of the box covering the anchor centre; sigmoid BCE + L1 on positives."""
+    """Labels = class of the box covering the anchor centre; sigmoid BCE + L1 on positives,
+    normalised by the positives of the batch (or by the images with ``per_image``)."""
 
-    def __init__(self, nan_at: int | None = None) -> None:
+    def __init__(self, nan_at: int | None = None, per_image: bool = False) -> None:
         super().__init__()
         self.nan_at = nan_at
+        self.per_image = per_image
         self.calls = 0
 
     def forward(self, outputs: HeadOutputs, anchors: torch.Tensor, targets):
@@ -150,7 +152,8 @@ class FakeCriterion(nn.Module):
             outputs.cls_logits, onehot, reduction="none"
         ).sum(-1)
         pos = labels > 0
-        n = pos.sum().clamp(min=1)
+        # per_image: average over the local images, so DDP gradient averaging is exact
+        n = torch.tensor(float(len(targets))) if self.per_image else pos.sum().clamp(min=1)
         cls = per_anchor.sum() / n
         box = (outputs.box_deltas - box_t).abs().sum(-1)[pos].sum() / n
         if self.nan_at is not None and self.calls == self.nan_at:
