@@ -1,0 +1,242 @@
+"""Batch samplers: seeded, resumable, aspect-ratio grouped, repeat-factor, distributed.
+
+The training order of an epoch is a pure function of ``(seed, epoch, dataset)``:
+
+1. repeat factors (optional, LVIS): image ``i`` appears ``floor(r_i)`` times plus once
+   more with probability ``frac(r_i)`` (stochastic rounding, drawn per epoch);
+2. the resulting index list is shuffled;
+3. consecutive indices are packed into batches of ``batch_size``; with aspect-ratio
+   grouping each group (landscape ``w >= h`` / portrait ``w < h``) fills its own
+   batch, so every batch is pure;
+4. the global batch list is dealt round-robin to the ``world_size`` processes
+   (batch ``j`` goes to rank ``j % world_size``), so every rank gets the same number
+   of batches (DDP needs that) and no index appears on two ranks.
+
+Every rank computes the same global list (same seed), no communication needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch.distributed as torch_dist
+from torch.utils.data import Sampler
+
+from detmine.errors import ConfigError, DataError
+
+
+def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given values, else torch.distributed's when initialised, else (0, 1)."""
+    initialised = torch_dist.is_available() and torch_dist.is_initialized()
+    if world_size is None:
+        world_size = torch_dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = torch_dist.get_rank() if initialised else 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"invalid distributed position rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def repeat_factors(image_labels: Iterable[Iterable[int]], threshold: float) -> np.ndarray:
+    """LVIS repeat factors (Gupta et al. 2019), float64 ``[N]``.
+
+    With ``f(c)`` the fraction of images containing class ``c``:
+    ``r(c) = max(1, sqrt(threshold / f(c)))`` and ``r(image) = max_c r(c)`` over the
+    classes present in the image; images without objects get ``1``.
+    """
+    if threshold <= 0:
+        raise ConfigError(f"repeat_factor_threshold must be > 0, got {threshold}")
+    per_image = [set(labels) for labels in image_labels]
+    if not per_image:
+        raise DataError("repeat factors: the dataset is empty")
+    counts: dict[int, int] = {}
+    for labels in per_image:
+        for c in labels:
+            counts[c] = counts.get(c, 0) + 1
+    num = len(per_image)
+    class_factor = {c: max(1.0, math.sqrt(threshold / (n / num))) for c, n in counts.items()}
+    return np.array([max((class_factor[c] for c in labels), default=1.0) for labels in per_image])
+
+
+def aspect_ratio_groups(sizes: Iterable[tuple[int, int]]) -> np.ndarray:
+    """int64 ``[N]`` group ids from ``(height, width)`` pairs: 0 = landscape/square (w >= h), 1 = portrait."""
+    return np.array([0 if w >= h else 1 for h, w in sizes], dtype=np.int64)
+
+
+class TrainingBatchSampler(Sampler[list[int]]):
+    """Seeded, shuffled, optionally grouped / repeat-factor batches for one rank; resumable.
+
+    Args:
+        num_images: dataset length ``N``.
+        batch_size: images per batch on this rank.
+        seed: the order of epoch ``e`` is a function of ``(seed, e)`` only; use the
+            same seed on every rank.
+        group_ids: int ``[N]``; batches only mix images of one group (see
+            :func:`aspect_ratio_groups`). None = one group.
+        repeat_factors: float ``[N]`` >= 1 (see :func:`repeat_factors`). None = each
+            image once per epoch.
+        drop_last: drop incomplete batches (one per group at the end of the epoch)
+            and, when distributed, the batches that do not fill a last round over the
+            ranks; otherwise keep them and complete the last round with batches from
+            the start of the epoch (like ``DistributedSampler``'s padding).
+        rank, world_size: this process' position; default from torch.distributed.
+
+    Resuming (what the trainer uses)::
+
+        sampler.set_epoch(epoch)          # at the start of every epoch
+        ...                               # DetectionDataLoader advances
+        state = sampler.state_dict()      # {"epoch": e, "batches_consumed": k}
+        # later, in a fresh process:
+        sampler.load_state_dict(state)
+        sampler.set_epoch(state["epoch"]) # same epoch: the resume offset is kept
+        # iterating now yields exactly batches k, k+1, ... of epoch e, in the same order
+
+    ``batches_consumed`` counts the batches *delivered to the caller* in the current
+    epoch. The sampler cannot see that itself (a DataLoader prefetches indices ahead),
+    so :class:`detmine.data.loader.DetectionDataLoader` advances it as it hands out
+    batches; when driving the sampler by hand, add to ``batches_consumed`` yourself.
+    Each ``__iter__`` starts at ``batches_consumed`` (0 unless resumed or interrupted).
+    ``set_epoch(e)`` with a different epoch resets ``batches_consumed`` to 0.
+    ``len(sampler)`` is the number of batches of the whole current epoch on this rank.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_ids: Sequence[int] | np.ndarray | None = None,
+        repeat_factors: Sequence[float] | np.ndarray | None = None,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if num_images <= 0:
+            raise DataError("cannot sample batches from an empty dataset")
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
+        if int(seed) < 0:
+            raise ConfigError(f"sampler seed must be a non-negative int, got {seed}")
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.group_ids = None if group_ids is None else np.asarray(group_ids, dtype=np.int64)
+        self.repeat_factors = None if repeat_factors is None else np.asarray(repeat_factors, dtype=np.float64)
+        for name, arr in (("group_ids", self.group_ids), ("repeat_factors", self.repeat_factors)):
+            if arr is not None and arr.shape != (num_images,):
+                raise ConfigError(
+                    f"{name} must have one entry per image ({num_images}), got shape {arr.shape}"
+                )
+        if self.repeat_factors is not None and (self.repeat_factors < 1).any():
+            raise ConfigError("repeat_factors must all be >= 1")
+        self.drop_last = drop_last
+        self.rank, self.world_size = dist_rank_world(rank, world_size)
+        self.epoch = 0
+        self.batches_consumed = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    # -- order -----------------------------------------------------------------------
+    def _epoch_indices(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.repeat_factors is None:
+            indices = np.arange(self.num_images)
+        else:
+            whole = np.floor(self.repeat_factors)
+            reps = whole + (rng.random(self.num_images) < self.repeat_factors - whole)
+            indices = np.repeat(np.arange(self.num_images), reps.astype(np.int64))
+        return indices[rng.permutation(len(indices))]
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        indices = self._epoch_indices(epoch)
+        groups = np.zeros(len(indices), np.int64) if self.group_ids is None else self.group_ids[indices]
+        batches: list[list[int]] = []
+        buffers: dict[int, list[int]] = {}
+        for idx, group in zip(indices.tolist(), groups.tolist(), strict=True):
+            buf = buffers.setdefault(group, [])
+            buf.append(idx)
+            if len(buf) == self.batch_size:
+                batches.append(buf)
+                buffers[group] = []
+        if not self.drop_last:
+            batches.extend(buf for _, buf in sorted(buffers.items()) if buf)
+        return batches
+
+    def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (default: the current one), in order."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        batches = self._global_batches(epoch)
+        rounds, rest = divmod(len(batches), self.world_size)
+        if rest and not self.drop_last:
+            batches = batches + [batches[i % len(batches)] for i in range(self.world_size - rest)]
+            rounds += 1
+        mine = batches[self.rank : rounds * self.world_size : self.world_size]
+        self._cache = (epoch, mine)
+        return mine
+
+    # -- Sampler protocol --------------------------------------------------------------
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.epoch_batches()[self.batches_consumed :])
+
+    def __len__(self) -> int:
+        return len(self.epoch_batches())
+
+    # -- resumable state ----------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order is used; a different epoch starts at its first batch."""
+        if epoch != self.epoch:
+            self.batches_consumed = 0
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches_consumed"}``: enough to continue exactly where the run stopped."""
+        return {"epoch": self.epoch, "batches_consumed": self.batches_consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next iteration yields the epoch's remaining batches."""
+        try:
+            epoch, consumed = int(state["epoch"]), int(state["batches_consumed"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"sampler state must have integer 'epoch' and 'batches_consumed', got {state!r}"
+            ) from None
+        if epoch < 0 or consumed < 0:
+            raise ConfigError(f"sampler state must be non-negative, got {state!r}")
+        self.epoch, self.batches_consumed = epoch, consumed
+
+
+class InferenceBatchSampler(Sampler[list[int]]):
+    """In-order batches over this rank's contiguous shard (no padding, no duplicates).
+
+    Rank ``r`` of ``W`` gets indices ``[r * N // W, (r + 1) * N // W)``, so the ranks'
+    results concatenated in rank order are the dataset order. Shards may differ by one
+    image in size; evaluation gathers results, so unequal lengths are fine there.
+    """
+
+    def __init__(
+        self, num_images: int, batch_size: int, *, rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        if num_images <= 0:
+            raise DataError("cannot sample batches from an empty dataset")
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
+        self.rank, self.world_size = dist_rank_world(rank, world_size)
+        start = self.rank * num_images // self.world_size
+        stop = (self.rank + 1) * num_images // self.world_size
+        shard = list(range(start, stop))
+        self.batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+
+    def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches (the same every epoch)."""
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
