@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Show what the miner picks and which background the model mistakes for objects.
+
+    python tools/visualize_negatives.py CONFIG CHECKPOINT [--split val] [--num-images 16]
+        [--gallery-images 0] [--gallery-size 64] [--score-thresh 0.3] [--weights auto|ema|model]
+        [--out-dir DIR] [--logdir DIR] [key=value ...]
+
+Runs the model and the criterion of the recipe over images of a split without training
+(no gradients, evaluation transform) and writes to ``--out-dir`` (default
+``<checkpoint dir>/negatives_<split>``):
+
+- ``negatives/<n>_img<image id>.png`` for the first ``--num-images`` images: ground truth,
+  positive anchors, the ``vis.top_k`` hardest mined negatives coloured by loss rank,
+  ignored anchors, legend;
+- ``gallery.png`` + ``gallery.json``: the ``--gallery-size`` highest-scoring false
+  positives over the first ``--gallery-images`` images (0 = the whole split) -- predictions
+  that overlap no ground-truth box at IoU >= 0.5 and lie on no ignore region, cropped,
+  sorted by score, captioned with class, score and image id. This is where missing labels
+  and confusing background show up.
+
+With ``--logdir`` the same pictures go to TensorBoard (``negatives/<n>``,
+``negatives/gallery``) with the mining histograms/scalars of each batch (``mining/...``,
+step = batch index). Exit status 2 with ``error: <message>`` on a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from detmine.errors import CheckpointError, ConfigError, DetmineError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="recipe YAML (configs/*.yaml)")
+    parser.add_argument("checkpoint", help="a detmine checkpoint (.pth) or a bare model state dict")
+    parser.add_argument("--split", default=None, help="dataset split (default: data.val_split of the config)")
+    parser.add_argument("--num-images", type=int, default=16, help="images to draw the mined negatives of")
+    parser.add_argument(
+        "--gallery-images",
+        type=int,
+        default=0,
+        help="images searched for false positives (0: the whole split)",
+    )
+    parser.add_argument("--gallery-size", type=int, default=64, help="false positives in the gallery")
+    parser.add_argument("--score-thresh", type=float, default=0.3, help="lowest prediction score considered")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "ema", "model"),
+        help="EMA weights when there are (auto)",
+    )
+    parser.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help="PNG folder (default: <checkpoint dir>/negatives_<split>)"
+    )
+    parser.add_argument("--logdir", default=None, help="also write the pictures to TensorBoard here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. vis.top_k=50 data.root=/data/coco"
+    )
+    args = parser.parse_args(argv)
+    for name in ("num_images", "gallery_images", "gallery_size"):
+        if getattr(args, name) < 0 or (name == "gallery_size" and args.gallery_size < 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {1 if name == 'gallery_size' else 0}")
+    return args
+
+
+def select_weights(state: dict[str, Any], which: str, path: str) -> dict[str, Any]:
+    """The model state dict in a loaded checkpoint (``which``: auto | ema | model)."""
+    if "model" not in state:  # a bare state dict
+        if which == "ema":
+            raise CheckpointError(
+                f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
+            )
+        return state
+    ema = state.get("ema")
+    if which == "ema" or (which == "auto" and ema):
+        if not ema:
+            raise CheckpointError(
+                f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
+            )
+        return ema["module"] if "module" in ema else ema
+    return state["model"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
+    return torch.device("cuda")
+
+
+def write_png(path: Path, image_rgb: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image_rgb[..., ::-1]):
+        raise DetmineError(f"could not write {path} (is the folder writable?)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detmine.data.loader import build_dataloader
+    from torch.utils.data import Subset
+    from tqdm import tqdm
+
+    from detmine.config import load_config
+    from detmine.engine import builders
+    from detmine.engine.checkpoint import load_checkpoint
+    from detmine.engine.trainer import targets_to
+    from detmine.viz.gallery import HardNegativeGallery
+    from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
+
+    cfg = load_config(args.config, args.overrides)
+    split = args.split or cfg.data.val_split
+    device = pick_device(args.device or cfg.train.device)
+    builders.prepare_data(cfg)
+    dataset = builders.build_dataset_split(cfg, split, train=False)
+    model = builders.build_model_from_config(cfg, dataset.num_classes)
+    state = load_checkpoint(args.checkpoint)
+    try:
+        model.load_state_dict(select_weights(state, args.weights, args.checkpoint))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with "
+            f"{dataset.num_classes} classes: {str(exc).splitlines()[0]}"
+        ) from None
+    model.to(device).eval()
+    criterion = builders.build_criterion_from_config(cfg, model).to(device)
+
+    n_gallery = len(dataset) if args.gallery_images == 0 else min(args.gallery_images, len(dataset))
+    n_total = max(min(args.num_images, len(dataset)), n_gallery)
+    if n_total == 0:
+        raise DetmineError(f"split '{split}' of {cfg.data.root} has no images")
+    loader = build_dataloader(
+        Subset(dataset, range(n_total)),
+        args.batch_size or cfg.eval.batch_size,
+        train=False,
+        num_workers=cfg.data.num_workers,
+    )
+    out_dir = (
+        Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent / f"negatives_{split}"
+    )
+    writer = None
+    if args.logdir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=args.logdir)
+    stats_logger = MiningVisualizer(writer, period=1, num_images=0, class_names=dataset.class_names,
+                                    cls_activation=model.cls_activation)  # fmt: skip
+    gallery = HardNegativeGallery(args.gallery_size, class_names=dataset.class_names)
+
+    seen = drawn = 0
+    progress = tqdm(total=n_total, desc="negatives", unit="img", disable=args.no_progress, dynamic_ncols=True)
+    with torch.no_grad():
+        for step, (images, targets) in enumerate(loader):
+            images = images.to(device)
+            targets = targets_to(targets, device)
+            outputs = model(images)
+            _, record = criterion(outputs, outputs.anchors, targets)
+            sizes = [tuple(t["input_size"]) for t in targets]
+            detections = model.postprocess(
+                outputs,
+                image_shape=tuple(images.shape[-2:]),
+                input_sizes=sizes,
+                level_counts=getattr(model, "last_level_counts", None),
+                score_thresh=args.score_thresh,
+            )
+            if writer is not None:
+                stats_logger.log(step, images, targets, outputs, record)
+            for b, target in enumerate(targets):
+                if seen + b < args.num_images:
+                    picture = render_mining_image(
+                        images[b], target, outputs.anchors, record, b,
+                        top_k=cfg.vis.top_k, class_names=dataset.class_names,
+                    )  # fmt: skip
+                    write_png(out_dir / "negatives" / f"{drawn:04d}_img{target['image_id']}.png", picture)
+                    if writer is not None:
+                        writer.add_image(f"negatives/{drawn}", picture, 0, dataformats="HWC")
+                    drawn += 1
+                if seen + b < n_gallery:
+                    gallery.add(image_to_numpy(images[b], sizes[b]), detections[b], target)
+            seen += len(targets)
+            progress.update(len(targets))
+    progress.close()
+
+    grid = gallery.render()
+    write_png(out_dir / "gallery.png", grid)
+    (out_dir / "gallery.json").write_text(json.dumps(gallery.to_json(), indent=1))
+    if writer is not None:
+        writer.add_image("negatives/gallery", grid, 0, dataformats="HWC")
+        writer.close()
+    print(
+        f"wrote {drawn} mined-negative pictures to {out_dir / 'negatives'}; gallery of the "
+        f"{len(gallery.items)} highest-scoring of {gallery.num_false_positives} false positives "
+        f"(score >= {args.score_thresh}, {n_gallery} images) to {out_dir / 'gallery.png'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except DetmineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
