@@ -105,7 +105,7 @@ def _render(rng: np.random.Generator, size: int, empty: bool | None) -> dict[str
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         labels.append(k + 1)
         masks.append(mask.astype(bool))
-        difficult.append(bool(diameter < 0.06 * size and rng.random() < 0.5))
+        difficult.append(bool(diameter < 1.3 * smin and rng.random() < 0.5))  # VOC "difficult"
     for _ in range(int(rng.integers(1, 5))):
         _draw_distractor(img, rng, size, smin, smax, placed)
     image = np.clip(img, 0, 255).astype(np.uint8)

@@ -1,0 +1,35 @@
+"""Session-wide fixtures: one tiny synthetic dataset in the real COCO and VOC layouts.
+
+``tiny_coco_root``: ``<root>/images/{train,val}/*.jpg`` + ``<root>/annotations/instances_{train,val}.json``
+(12 train / 6 val images of 128 px, a third of them without objects; read it with
+``build_dataset("synthetic" | "coco", root, split)``).
+``tiny_voc_root``: the same images as ``VOCdevkit`` (``VOC2007/{Annotations,JPEGImages,
+ImageSets/Main/{train,val,trainval}.txt}``); class names are ``detmine.data.synthetic.CLASS_NAMES``.
+Treat both as read-only: copy them (``shutil.copytree``) before corrupting anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_SYNTHETIC = dict(num_train=12, num_val=6, size=128, seed=0, voc=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detmine.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("tiny_synthetic") / "synthetic", workers=0, progress=False,
+                            **TINY_SYNTHETIC)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_coco_root(tiny_synthetic_root: Path) -> Path:
+    return tiny_synthetic_root
+
+
+@pytest.fixture(scope="session")
+def tiny_voc_root(tiny_synthetic_root: Path) -> Path:
+    return tiny_synthetic_root / "VOCdevkit"
