@@ -20,26 +20,32 @@ from detmine.mining.all_anchors import check_miner_inputs
 class OHEMMiner:
     """Per image the ``batch_size_per_image`` highest-loss anchors surviving NMS.
 
-    Steps, batched over the images (one ``batched_nms`` call with the image index
-    as the category, no Python loop over images here):
+    Steps, batched over the images (one ``batched_nms`` call per round, with the
+    image index as the category; no Python loop over images):
 
     1. candidates: the ``pre_nms_topk`` highest-loss non-ignored anchors of each
-       image (with ``pos_fraction``: that many positives and that many negatives,
-       so that low-loss positives still reach the quota);
-    2. NMS over the candidates' boxes at ``nms_iou`` (suppress IoU > ``nms_iou``),
-       score = loss, positives and negatives together;
-    3. keep the highest-loss survivors: ``min(batch_size_per_image, survivors)``
-       of them; with ``pos_fraction`` at most ``floor(pos_fraction *
-       batch_size_per_image)`` positives and negatives fill the rest (the focal
-       paper's "OHEM 1:3" is ``pos_fraction=0.25``).
+       image;
+    2. NMS over the candidates' boxes at ``nms_iou`` (suppress IoU > ``nms_iou``)
+       with the loss as score, positives and negatives together (as in the OHEM
+       paper);
+    3. keep the highest-loss survivors: exactly ``min(batch_size_per_image,
+       survivors)`` of them.
+
+    With ``pos_fraction`` (the focal paper's "OHEM 1:3" is ``pos_fraction=0.25``)
+    positives and negatives are two pools, sampled like Faster R-CNN's balanced
+    sampler: each pool has its own ``pre_nms_topk`` candidates (so low-loss
+    positives still reach their quota) and its own NMS (a positive never
+    suppresses a negative: they are different examples, not duplicates); the
+    ``min(floor(pos_fraction * batch_size_per_image), surviving positives)``
+    hardest positives are kept and the hardest surviving negatives fill the rest.
 
     Defaults: ``batch_size_per_image=128`` -- the OHEM paper's ROI budget and the
     batch size of the best OHEM setting the focal paper reports on a dense
     detector (Table 1d: batch 128, NMS 0.5, 32.8 AP on R101-FPN); ``nms_iou=0.7``
     -- the OHEM paper (0.5, the focal paper's best, is worth trying);
-    ``pre_nms_topk=1024`` bounds
-    the NMS cost (a few ms on CPU per batch) while leaving enough candidates that
-    NMS at 0.7 rarely leaves fewer than 128.
+    ``pre_nms_topk=1024`` caps the candidates: NMS first runs over the top
+    ``2 x batch_size_per_image`` of them and reaches further only for images where
+    too few survive (exact either way, see :meth:`_nms_survivors`).
 
     Which boxes are passed is the criterion's choice: the anchors themselves or
     the decoded predictions (the OHEM paper uses the ROI boxes that were scored).
@@ -52,8 +58,8 @@ class OHEMMiner:
         nms_iou: IoU above which a lower-loss candidate is suppressed (1.0 = no NMS).
         pos_fraction: ``None`` (positives and negatives ranked together) or the
             maximal share of positives in ``(0, 1]``.
-        pre_nms_topk: candidates per image (per kind with ``pos_fraction``) fed
-            to NMS; ``>= batch_size_per_image``.
+        pre_nms_topk: at most this many candidates per image (per pool with
+            ``pos_fraction``) reach NMS; ``>= batch_size_per_image``.
     """
 
     needs_boxes: bool = True
@@ -90,22 +96,66 @@ class OHEMMiner:
         self.pos_fraction = None if pos_fraction is None else float(pos_fraction)
         self.pre_nms_topk = pre_nms_topk
 
-    def _candidates(self, loss: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-loss candidates per image: ``(loss [B, C], anchor index [B, C], valid [B, C])``.
+    def _quotas(self, survivors: Tensor) -> Tensor:
+        """``[B, G]`` int64: how many survivors of each pool are taken, given the
+        per-pool survivor counts ``survivors [B, G]`` (``G`` = 1 or 2 pools)."""
+        if self.pos_fraction is None:
+            return torch.full_like(survivors, self.batch_size_per_image)
+        num_pos = survivors[:, :1].clamp(max=int(self.pos_fraction * self.batch_size_per_image))
+        return torch.cat([num_pos, self.batch_size_per_image - num_pos], dim=1)
 
-        Within each kind (all, or positives then negatives) the columns are in
-        decreasing loss order; ``valid`` is False on padding (images with fewer
-        eligible anchors than the budget).
+    def _candidates(self, loss: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-loss candidates of each pool: ``(loss, anchor index, valid)``, each ``[B, G, C]``.
+
+        One pool (all non-ignored anchors) or, with ``pos_fraction``, two (positives,
+        negatives). Columns are in decreasing loss order; ``valid`` is False on
+        padding (images with fewer eligible anchors than ``C``).
         """
         k = min(self.pre_nms_topk, labels.shape[1])
-        kinds = [labels >= 0] if self.pos_fraction is None else [labels > 0, labels == 0]
+        pools = [labels >= 0] if self.pos_fraction is None else [labels > 0, labels == 0]
         values, indices, valid = [], [], []
-        for eligible in kinds:  # one or two kinds, never a loop over images
+        for eligible in pools:  # one or two pools, not a loop over images
             v, i = loss.masked_fill(~eligible, float("-inf")).topk(k, dim=1)
             values.append(v)
             indices.append(i)
             valid.append(eligible.gather(1, i))
-        return torch.cat(values, 1), torch.cat(indices, 1), torch.cat(valid, 1)
+        return torch.stack(values, 1), torch.stack(indices, 1), torch.stack(valid, 1)
+
+    def _nms_survivors(self, loss: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:
+        """``[B, G, C]`` bool: the candidates kept by NMS, among the columns the selection needs.
+
+        NMS runs per image and pool (one ``batched_nms`` call, category = image x pool).
+        Greedy NMS visits boxes in decreasing loss order, so whether a candidate
+        survives depends only on the higher-loss ones: NMS over the first ``n``
+        columns gives exactly the full NMS's survivors among those columns. Hence it
+        starts with ``2 x batch_size_per_image`` columns and doubles the prefix only
+        for the images that have not found enough survivors yet (NMS cost grows
+        quadratically with the number of boxes).
+        """
+        num_images, num_pools, num_cand = loss.shape
+        survived = torch.zeros_like(valid)
+        rows = torch.arange(num_images, device=loss.device)
+        pool = torch.arange(num_pools, device=loss.device)
+        prefix = min(2 * self.batch_size_per_image, num_cand)
+        while True:
+            sub_valid = valid[rows, :, :prefix]
+            r, g, c = sub_valid.nonzero(as_tuple=True)
+            image = rows[r]
+            keep = batched_nms(
+                boxes[image, g, c], loss[image, g, c], image * num_pools + pool[g], self.nms_iou
+            )
+            sub_survived = torch.zeros_like(sub_valid)
+            sub_survived[r[keep], g[keep], c[keep]] = True
+            survived[rows, :, :prefix] = sub_survived
+            if prefix == num_cand:
+                return survived
+            found = sub_survived.sum(dim=2)
+            exhausted = ~valid[rows, :, prefix:].any(dim=2)
+            enough = ((found >= self._quotas(found)) | exhausted).all(dim=1)
+            rows = rows[~enough]
+            if len(rows) == 0:
+                return survived
+            prefix = min(2 * prefix, num_cand)
 
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None) -> Tensor:
         if boxes is None:
@@ -114,38 +164,18 @@ class OHEMMiner:
                 "(OHEMMiner.needs_boxes is True)"
             )
         num_images, num_anchors = check_miner_inputs("ohem", cls_loss, labels, boxes)
-        device = labels.device
-        loss = cls_loss.detach().float()
-        cand_loss, cand_index, cand_valid = self._candidates(loss, labels)
-        num_cand = cand_index.shape[1]
-
-        image = torch.arange(num_images, device=device)[:, None].expand(num_images, num_cand)
-        flat = cand_valid.flatten().nonzero().squeeze(1)
-        flat_image = image.flatten()[flat]
-        flat_anchor = cand_index.flatten()[flat]
-        flat_boxes = boxes.detach()[flat_image, flat_anchor].float()
-        keep = batched_nms(flat_boxes, cand_loss.flatten()[flat], flat_image, self.nms_iou)
-        survived = torch.zeros(num_images * num_cand, dtype=torch.bool, device=device)
-        survived[flat[keep]] = True
-        survived = survived.view(num_images, num_cand)
-
-        # Candidates of one kind are in decreasing-loss order, so a cumulative count of
-        # survivors is each survivor's rank among the survivors of its image (and kind).
-        if self.pos_fraction is None:
-            rank = survived.cumsum(dim=1) - 1
-            take = survived & (rank < self.batch_size_per_image)
-        else:
-            cand_label = labels.gather(1, cand_index)
-            pos = survived & (cand_label > 0)
-            neg = survived & (cand_label == 0)
-            max_pos = int(self.pos_fraction * self.batch_size_per_image)
-            num_pos = pos.sum(dim=1, keepdim=True).clamp(max=max_pos)
-            num_neg = self.batch_size_per_image - num_pos
-            take = (pos & (pos.cumsum(dim=1) <= num_pos)) | (neg & (neg.cumsum(dim=1) <= num_neg))
-
-        selected = torch.zeros((num_images, num_anchors), dtype=torch.bool, device=device)
-        # index_put (not scatter): with pos_fraction, padding columns may repeat an anchor index.
-        selected[image[take], cand_index[take]] = True
+        loss, index, valid = self._candidates(cls_loss.detach().float(), labels)
+        cand_boxes = boxes.detach().float()[
+            torch.arange(num_images, device=labels.device)[:, None, None], index
+        ]
+        survived = self._nms_survivors(loss, cand_boxes, valid)
+        # Columns are in decreasing-loss order, so the running count of survivors is each
+        # survivor's rank (from 1) among the survivors of its image and pool.
+        quota = self._quotas(survived.sum(dim=2))
+        take = survived & (survived.cumsum(dim=2) <= quota[..., None])
+        selected = torch.zeros((num_images, num_anchors), dtype=torch.bool, device=labels.device)
+        # index_put, not scatter: padding columns of the two pools may repeat an anchor index.
+        selected[take.nonzero(as_tuple=True)[0], index[take]] = True
         return selected
 
     def __repr__(self) -> str:

@@ -8,8 +8,6 @@ from torch import Tensor
 from detmine.errors import ConfigError
 from detmine.mining.all_anchors import check_miner_inputs
 
-_KEY_RANGE = 2**31  # random keys in [0, 2^31); the label group is added in multiples of it (exact int64)
-
 
 class RandomMiner:
     """Per image ``batch_size_per_image`` anchors drawn at random, at most ``pos_fraction`` positives.
@@ -18,9 +16,9 @@ class RandomMiner:
     ``p = min(P_b, floor(pos_fraction * batch_size_per_image))`` random positives and
     ``min(N_b, batch_size_per_image - p)`` random negatives (like torchvision's
     ``BalancedPositiveNegativeSampler``), uniformly without replacement. Ignored
-    anchors are never drawn. Batched: one random int64 key per anchor, offset by
-    its group (positives, negatives, ignored), one sort per row; the first ``p``
-    positions and the first positions of the negative block are kept.
+    anchors are never drawn. Batched: one uniform random key per anchor; per row
+    the positives (negatives) with the ``p`` (``n``) largest keys, by one ``topk``
+    over the batch for each kind.
 
     Call: ``miner(cls_loss [B, A], labels [B, A], boxes=None) -> bool [B, A]``;
     the loss only provides the device/shape (``needs_boxes = False``).
@@ -65,26 +63,30 @@ class RandomMiner:
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None = None) -> Tensor:
         num_images, num_anchors = check_miner_inputs("random", cls_loss, labels, boxes)
         device = labels.device
+        keys = torch.rand((num_images, num_anchors), device=device, generator=self._generator(device))
         positive = labels > 0
         negative = labels == 0
-        group = torch.where(positive, 0, torch.where(negative, 1, 2))  # positives, negatives, ignored
-        keys = torch.randint(
-            _KEY_RANGE, (num_images, num_anchors), device=device, generator=self._generator(device)
-        )
-        order = (keys + group * _KEY_RANGE).sort(dim=1).indices
-
-        num_pos_avail = positive.sum(dim=1, keepdim=True)
-        num_pos = num_pos_avail.clamp(max=int(self.pos_fraction * self.batch_size_per_image))
+        max_pos = int(self.pos_fraction * self.batch_size_per_image)
+        num_pos = positive.sum(dim=1, keepdim=True).clamp(max=max_pos)
         num_neg = torch.minimum(negative.sum(dim=1, keepdim=True), self.batch_size_per_image - num_pos)
-        # Sorted row: [positives | negatives | ignored], each block in random order.
-        position = torch.arange(num_anchors, device=device)
-        keep_sorted = (position < num_pos) | (
-            (position >= num_pos_avail) & (position < num_pos_avail + num_neg)
+        return _random_subset(keys, positive, num_pos, max_pos) | _random_subset(
+            keys, negative, num_neg, self.batch_size_per_image
         )
-        return torch.zeros_like(positive).scatter_(1, order, keep_sorted)
 
     def __repr__(self) -> str:
         return (
             f"RandomMiner(batch_size_per_image={self.batch_size_per_image}, "
             f"pos_fraction={self.pos_fraction}, seed={self.seed})"
         )
+
+
+def _random_subset(keys: Tensor, eligible: Tensor, count: Tensor, max_count: int) -> Tensor:
+    """``[B, A]`` bool: per row, the ``count [B, 1]`` eligible anchors with the largest
+    random ``keys [B, A]`` (``count <= eligible per row``, ``count <= max_count``): a
+    uniform draw without replacement, by one ``topk`` for the whole batch."""
+    k = min(max_count, keys.shape[1])
+    selected = torch.zeros_like(eligible)
+    if k == 0:
+        return selected
+    order = keys.masked_fill(~eligible, -1.0).topk(k, dim=1).indices  # eligible keys are >= 0
+    return selected.scatter_(1, order, torch.arange(k, device=keys.device) < count)

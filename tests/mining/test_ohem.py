@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou, nms
 
+import detmine.mining.ohem as ohem_module
 from detmine.errors import ConfigError
 from detmine.mining import OHEMMiner
 
@@ -61,6 +62,49 @@ def test_no_two_selected_boxes_overlap_above_nms_iou_and_no_ignored():
             assert ious.max() <= iou
 
 
+@pytest.mark.parametrize("pos_fraction", [None, 0.25])
+def test_growing_nms_prefix_equals_full_nms(pos_fraction, monkeypatch):
+    # image 0: clusters of 6 identical boxes, so the first 2 x batch candidates hold too
+    # few survivors and the NMS prefix must grow; image 1: disjoint boxes, done at once.
+    g = torch.Generator().manual_seed(5)
+    num_anchors, batch_size = 1200, 40
+    corner = (torch.arange(num_anchors) // 6).float()[:, None] * 30
+    boxes = torch.cat(
+        [corner, torch.zeros(num_anchors, 1), corner + 20, torch.full((num_anchors, 1), 20.0)], 1
+    )
+    boxes = torch.stack([boxes, boxes.clone()])
+    boxes[1, :, 0::2] = torch.arange(num_anchors).float()[:, None] * 50 + torch.tensor([0.0, 20.0])
+    cluster_loss = torch.rand(2, num_anchors // 6, generator=g).repeat_interleave(6, dim=1)
+    loss = cluster_loss + 1e-3 * torch.rand(2, num_anchors, generator=g)  # hard clusters: 6 duplicates
+    labels = torch.zeros(2, num_anchors, dtype=torch.long)
+    labels[:, torch.randperm(num_anchors, generator=g)[:300]] = 1
+    labels[:, :5] = -1
+    miner = OHEMMiner(
+        batch_size_per_image=batch_size, nms_iou=0.5, pos_fraction=pos_fraction, pre_nms_topk=2000
+    )
+    calls, original_nms = [], ohem_module.batched_nms
+
+    def counting_nms(boxes, scores, idxs, iou):
+        calls.append(idxs.unique().tolist())  # NMS categories: image * pools + pool
+        return original_nms(boxes, scores, idxs, iou)
+
+    monkeypatch.setattr(ohem_module, "batched_nms", counting_nms)
+    selected = miner(loss, labels, boxes)
+    num_pools = 1 if pos_fraction is None else 2
+    assert len(calls) > 1  # the prefix grew ...
+    assert all(max(c) < num_pools for c in calls[1:])  # ... for image 0 only
+    for b in range(2):
+        if pos_fraction is None:
+            survivors = _survivors(loss[b], boxes[b], (labels[b] >= 0).nonzero().flatten(), 0.5)
+            expected = set(survivors[:batch_size].tolist())
+        else:
+            pos = _survivors(loss[b], boxes[b], (labels[b] > 0).nonzero().flatten(), 0.5)
+            neg = _survivors(loss[b], boxes[b], (labels[b] == 0).nonzero().flatten(), 0.5)
+            expected = set(pos[:10].tolist()) | set(neg[: batch_size - min(10, len(pos))].tolist())
+        assert _as_set(selected[b]) == expected
+        assert len(expected) == batch_size
+
+
 def test_few_survivors_gives_fewer_than_batch():
     labels = torch.zeros(2, 50, dtype=torch.long)
     boxes = torch.tensor([10.0, 10.0, 50.0, 50.0]).repeat(2, 50, 1)  # all identical: one survivor
@@ -88,10 +132,9 @@ def test_pos_fraction_caps_positives_and_fills_with_negatives(batch_size):
     selected = miner(loss, labels, boxes)
     max_pos = int(0.25 * batch_size)
     for b in range(3):
-        eligible = (labels[b] >= 0).nonzero().flatten()
-        survivors = _survivors(loss[b], boxes[b], eligible, 0.6)
-        pos = survivors[labels[b, survivors] > 0]
-        neg = survivors[labels[b, survivors] == 0]
+        # two pools, each with its own NMS
+        pos = _survivors(loss[b], boxes[b], (labels[b] > 0).nonzero().flatten(), 0.6)
+        neg = _survivors(loss[b], boxes[b], (labels[b] == 0).nonzero().flatten(), 0.6)
         n_pos = min(max_pos, len(pos))
         n_neg = min(batch_size - n_pos, len(neg))
         assert (selected[b] & (labels[b] > 0)).sum().item() == n_pos

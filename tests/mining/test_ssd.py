@@ -71,18 +71,31 @@ def _our_selection(logits, labels, miner=None) -> torch.Tensor:
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_same_selection_as_torchvision(seed, tied):
-    # image 1 has no positives (torchvision: 0 negatives); image 2 has more than
-    # A/4 positives, so 3 x positives exceeds the negatives available (clamped).
-    num_positives = [5, 0, 150, 1, 40]
+@pytest.mark.parametrize(
+    "num_positives, num_negatives",
+    [
+        # image 1 has no positives (torchvision: 0 negatives); image 2 has more than A/4
+        # positives, so 3 x positives exceeds the negatives available (clamped); the
+        # budget (250) is over A/2: the full-sort path
+        ([5, 0, 150, 1, 40], [15, 0, 250, 3, 120]),
+        # budget 120 < A/2: the top-k path (or the sort when a tie straddles the cut)
+        ([5, 0, 20, 1, 40], [15, 0, 60, 3, 120]),
+    ],
+)
+def test_same_selection_as_torchvision(seed, tied, num_positives, num_negatives):
     targets, matched, anchors, logits, labels = _problem(num_positives, 400, seed, tied)
     expected = _torchvision_selection(targets, matched, anchors, logits)
     selected = _our_selection(logits.detach(), labels)
     assert torch.equal(selected, expected)
-
-    negatives = (selected & (labels == 0)).sum(1)
-    assert negatives.tolist() == [15, 0, 250, 3, 120]
+    assert (selected & (labels == 0)).sum(1).tolist() == num_negatives
     assert torch.equal(selected & (labels > 0), labels > 0)
+
+
+def test_top_k_path_is_taken_only_without_a_tie_at_the_cut():
+    loss = torch.tensor([[0.9, 0.8, 0.7, 0.7, 0.1, 0.0]])
+    assert SSDMiner._top_negatives(loss, torch.tensor([[2]]), 4).tolist() == [[True, True] + [False] * 4]
+    assert SSDMiner._top_negatives(loss, torch.tensor([[3]]), 4) is None  # 0.7 | 0.7 straddles the cut
+    assert SSDMiner._top_negatives(loss, torch.tensor([[4]]), 5) is not None  # the tie lies inside
 
 
 def test_ties_are_broken_like_torchvision_with_constant_loss():
