@@ -178,3 +178,63 @@ def test_bad_loader_arguments() -> None:
         build_dataloader(
             torch.utils.data.TensorDataset(torch.zeros(3)), 1, train=True, repeat_factor_threshold=0.1
         )
+
+
+# ---------------------------------------------------------------- integration with the COCO reader
+
+
+def test_tiny_coco_ssd_pipeline_keeps_images_without_objects(tiny_coco_root) -> None:
+    from detmine.data import build_dataset
+    from detmine.data.transforms import build_transforms
+
+    dataset = build_dataset("coco", tiny_coco_root, "train", transform=build_transforms("ssd", 96, seed=0))
+    empty_ids = {dataset.image_ids[i] for i in range(len(dataset)) if not dataset.image_labels(i)}
+    assert empty_ids  # the fixture has images without objects
+    loader = build_dataloader(
+        dataset, 4, train=True, num_workers=0, aspect_grouping=True, repeat_factor_threshold=0.3, seed=0
+    )
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen: set[int] = set()
+        for images, targets in loader:
+            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 96, 96)
+            assert images.shape[0] == len(targets)
+            for t in targets:
+                seen.add(t["image_id"])
+                assert t["input_size"] == (96, 96)
+                boxes = t["boxes"]
+                assert boxes.shape == (len(t["labels"]), 4) and boxes.dtype == torch.float32
+                assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 96).all()
+                assert (boxes[:, 2:] > boxes[:, :2]).all()
+                assert ((t["labels"] >= 1) & (t["labels"] <= dataset.num_classes)).all()
+                if t["image_id"] in empty_ids:
+                    assert len(t["labels"]) == 0
+        assert seen == set(dataset.image_ids)  # every image, background-only ones included
+    assert loader.num_dropped_samples == 0
+
+
+def test_tiny_coco_eval_pipeline_scales_boxes_and_counts_bad_images(tiny_coco_root, tmp_path) -> None:
+    import shutil
+
+    from detmine.data import build_dataset
+    from detmine.data.transforms import build_transforms
+
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco_root, root)
+    plain = build_dataset("coco", root, "val")
+    dataset = build_dataset("coco", root, "val", transform=build_transforms("eval", 64))
+    broken = dataset.records[1].path
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    loader = build_dataloader(dataset, 4, train=False, num_workers=0)
+    with pytest.warns(UserWarning, match="skipping image"):
+        batches = list(loader)
+    got = [t for _, targets in batches for t in targets]
+    assert [t["image_id"] for t in got] == [i for k, i in enumerate(dataset.image_ids) if k != 1]
+    assert loader.num_dropped_samples == 1
+    for t in got:
+        k = dataset.image_ids.index(t["image_id"])
+        h, w = dataset.image_size(k)
+        scale = torch.tensor([64 / w, 64 / h, 64 / w, 64 / h])
+        ref = plain.records[k].boxes
+        torch.testing.assert_close(t["boxes"], torch.as_tensor(ref) * scale, atol=0.05, rtol=0)
