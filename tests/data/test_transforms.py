@@ -228,3 +228,21 @@ def test_bad_arguments_are_one_line_errors() -> None:
         transform(np.zeros((10, 10), np.uint8), np.zeros((0, 4)), np.zeros(0), None)
     with pytest.raises(DataError, match="2 boxes but 1 labels"):
         transform(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 4)), np.zeros(1), None)
+
+
+def test_retinanet_multiscale_picks_each_short_side() -> None:
+    transform = build_transforms("retinanet", [48, 64], max_size=1000, seed=0)
+    image = np.zeros((60, 90, 3), np.uint8)
+    boxes = np.array([[30, 15, 60, 45]], np.float32)
+    shorts = set()
+    for _ in range(20):
+        out = transform(image, boxes, np.array([1]), None)
+        short = out["image"].shape[0]
+        shorts.add(short)
+        assert out["image"].shape[1] == round(90 * short / 60)
+        np.testing.assert_allclose(
+            out["boxes"], boxes * short / 60, atol=0.5
+        )  # symmetric box: flip-invariant
+    assert shorts == {48, 64}
+    with pytest.raises(ConfigError, match="takes one image_size"):
+        build_transforms("eval", [48, 64])
