@@ -91,7 +91,9 @@ class DetectionDataLoader(DataLoader):
 
     Iterating yields ``(images uint8 [B, 3, H, W], targets: list[Target])``. Batches
     whose samples were all None are skipped (logged); ``num_dropped_samples`` counts
-    the None samples seen so far. Each delivered (or skipped) batch advances
+    the None samples seen so far. (Under DDP a skipped batch makes that rank take one
+    step less; it needs a whole batch of unreadable images, use ``on_bad_image="error"``
+    if that can happen.) Each delivered (or skipped) batch advances
     ``batch_sampler.batches_consumed`` when the sampler is resumable, and a fully
     consumed epoch moves the sampler to the next epoch, so ``for batch in loader``
     repeated gives a new order each time even without ``set_epoch``.

@@ -21,9 +21,15 @@ TOL = 2.0  # px: nearest-neighbour mask resampling vs exact box arithmetic
 
 
 def make_sample(
-    rng: np.random.Generator, height: int, width: int, n_obj: int, n_ignore: int, big: bool = False
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    n_obj: int,
+    n_ignore: int,
+    big: bool = False,
+    ellipses: bool = False,
 ):
-    """Image with filled rectangles; boxes are the rectangles' exact pixel extents."""
+    """Image with filled rectangles (or ellipses); boxes are the shapes' exact pixel extents."""
     image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     rects, masks = [], []
     for _ in range(n_obj + n_ignore):
@@ -32,8 +38,13 @@ def make_sample(
         x0 = int(rng.integers(0, width - w))
         y0 = int(rng.integers(0, height - h))
         mask = np.zeros((height, width), np.uint8)
-        mask[y0 : y0 + h, x0 : x0 + w] = 1
-        image[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 255, 3, dtype=np.uint8)
+        if ellipses:
+            yy, xx = np.mgrid[:height, :width]
+            inside = ((xx + 0.5 - x0 - w / 2) / (w / 2)) ** 2 + ((yy + 0.5 - y0 - h / 2) / (h / 2)) ** 2 <= 1
+            mask[inside] = 1
+        else:
+            mask[y0 : y0 + h, x0 : x0 + w] = 1
+        image[mask > 0] = rng.integers(0, 255, 3, dtype=np.uint8)
         rects.append([x0, y0, x0 + w, y0 + h])
         masks.append(mask)
     rects_np = np.array(rects, np.float32).reshape(-1, 4)
@@ -129,6 +140,25 @@ def test_eval_is_deterministic_and_flip_flips() -> None:
     expected[:, [0, 2]] = 120 - boxes[:, [2, 0]]
     np.testing.assert_allclose(flip["boxes"], expected, atol=1e-3)
     np.testing.assert_array_equal(flip["image"], image[:, ::-1])
+
+
+@pytest.mark.parametrize("preset", ["ssd", "retinanet"])
+def test_boxes_enclose_cut_ellipses(preset: str) -> None:
+    """Non-rectangular objects: a box cut by the crop is clipped, so it must enclose what is left."""
+    rng = np.random.default_rng(4)
+    transform = build_transforms(preset, 64, seed=1, max_size=100)
+    checked = 0
+    for _ in range(80):
+        n_obj = int(rng.integers(1, 5))
+        image, boxes, labels, ignore, masks = make_sample(rng, 96, 112, n_obj, 0, ellipses=True)
+        out = transform(image, boxes, labels, ignore, masks=masks)
+        for box, label in zip(out["boxes"], out["labels"], strict=True):
+            tight = tight_box(out["masks"][label - 1])
+            if tight is None:
+                continue
+            assert (tight[:2] >= box[:2] - TOL).all() and (tight[2:] <= box[2:] + TOL).all(), (box, tight)
+            checked += 1
+    assert checked > 80
 
 
 def test_images_without_objects_survive_every_preset() -> None:
