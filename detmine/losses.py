@@ -34,8 +34,62 @@ __all__ = [
 ]
 
 
+def _rows_with_gradient(grad_out: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(b, a)`` indices of the anchors whose incoming gradient is non-zero, or ``None``
+    when most are (then the dense computation is cheaper). With a miner most anchors
+    get exactly zero gradient, and their ``[K]`` columns need no work in backward."""
+    nonzero = grad_out != 0
+    if int(nonzero.sum()) > grad_out.numel() // 4:
+        return None
+    return nonzero.nonzero(as_tuple=True)
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Per-anchor softmax CE; saves only the logits and ``logsumexp`` ``[B, A]``;
+    backward touches only the anchors with a non-zero incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
+        valid = labels >= 0
+        target = labels.clamp(min=0).unsqueeze(-1)
+        log_prob = F.log_softmax(logits, dim=-1)
+        loss = log_prob.gather(-1, target).squeeze(-1).neg_()
+        # logsumexp = x_target - log p_target: no second pass over the logits
+        lse = logits.gather(-1, target).squeeze(-1).add_(loss)
+        del log_prob
+        if weight is not None:
+            loss.mul_(weight[target.squeeze(-1)])
+        loss.masked_fill_(~valid, 0.0)
+        ctx.save_for_backward(logits, labels, lse, weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, labels, lse, weight = ctx.saved_tensors
+        scale = grad_out.masked_fill(labels < 0, 0.0)
+        if weight is not None:
+            scale = scale * weight[labels.clamp(min=0)]
+        rows = _rows_with_gradient(scale)
+        if rows is None:  # dense: softmax * g, minus g at the target column
+            grad = torch.exp(logits - lse.unsqueeze(-1)).mul_(scale.unsqueeze(-1))
+            grad.scatter_add_(-1, labels.clamp(min=0).unsqueeze(-1), -scale.unsqueeze(-1))
+            return grad, None, None
+        b, a = rows
+        g = scale[b, a].unsqueeze(-1)
+        sub = torch.exp(logits[b, a] - lse[b, a].unsqueeze(-1)).mul_(g)
+        sub.scatter_add_(-1, labels[b, a].unsqueeze(-1), -g)
+        grad = torch.zeros_like(logits)
+        grad[b, a] = sub
+        return grad, None, None
+
+
 def softmax_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
     """Softmax cross-entropy per anchor (SSD).
+
+    Equal to ``F.cross_entropy(..., reduction="none", ignore_index=-1, weight=class_weights)``
+    (tested, values and gradients), computed by a custom autograd function that keeps
+    no ``[B, A, K + 1]`` log-probabilities for backward and, when a miner leaves most
+    anchors out, computes the softmax gradient of the selected anchors only.
 
     Args:
         logits: ``[B, A, K + 1]``, column 0 = background.
@@ -46,15 +100,9 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor 
     Returns:
         ``[B, A]`` loss, 0 where ``labels == -1``.
     """
-    num_columns = logits.shape[-1]
-    loss = F.cross_entropy(
-        logits.reshape(-1, num_columns),
-        labels.reshape(-1),
-        weight=class_weights,
-        reduction="none",
-        ignore_index=-1,
-    )
-    return loss.view(labels.shape)
+    if class_weights is not None:
+        class_weights = class_weights.to(device=logits.device, dtype=logits.dtype)
+    return _SoftmaxCrossEntropy.apply(logits, labels, class_weights)
 
 
 def sigmoid_focal_loss(
@@ -128,6 +176,15 @@ def _positive_grad(x: Tensor, gamma: float) -> Tensor:
     return -(q.pow(gamma) * (gamma * (1.0 - q) * F.softplus(-x) + q))
 
 
+def _focal_grad(x: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float) -> Tensor:
+    """``d loss / d x`` for rows ``x [R, K]`` with labels ``[R]`` (unscaled by the incoming gradient)."""
+    grad = _negative_grad(x, gamma).mul_(w_neg)
+    rows = (labels > 0).nonzero(as_tuple=True)[0]
+    cols = labels[rows] - 1
+    grad[rows, cols] = _positive_grad(x[rows, cols], gamma) * w_pos[cols]
+    return grad
+
+
 class _PerAnchorSigmoidFocal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float) -> Tensor:
@@ -138,19 +195,23 @@ class _PerAnchorSigmoidFocal(torch.autograd.Function):
         loss[pos_b, pos_a, pos_c] = _positive_term(x_pos, gamma) * w_pos[pos_c]
         out = loss.sum(dim=-1)
         out.masked_fill_(labels < 0, 0.0)
-        ctx.save_for_backward(logits, labels, w_neg, w_pos, pos_b, pos_a, pos_c)
+        ctx.save_for_backward(logits, labels, w_neg, w_pos)
         ctx.gamma = gamma
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        logits, labels, w_neg, w_pos, pos_b, pos_a, pos_c = ctx.saved_tensors
-        gamma = ctx.gamma
-        grad = _negative_grad(logits, gamma).mul_(w_neg)
-        x_pos = logits[pos_b, pos_a, pos_c]
-        grad[pos_b, pos_a, pos_c] = _positive_grad(x_pos, gamma) * w_pos[pos_c]
+        logits, labels, w_neg, w_pos = ctx.saved_tensors
         scale = grad_out.masked_fill(labels < 0, 0.0)
-        grad.mul_(scale.unsqueeze(-1))
+        rows = _rows_with_gradient(scale)
+        num_classes = logits.shape[-1]
+        if rows is None:
+            grad = _focal_grad(logits.reshape(-1, num_classes), labels.reshape(-1), w_neg, w_pos, ctx.gamma)
+            return grad.view_as(logits).mul_(scale.unsqueeze(-1)), None, None, None, None
+        b, a = rows
+        sub = _focal_grad(logits[b, a], labels[b, a], w_neg, w_pos, ctx.gamma).mul_(scale[b, a].unsqueeze(-1))
+        grad = torch.zeros_like(logits)
+        grad[b, a] = sub
         return grad, None, None, None, None
 
 

@@ -132,20 +132,50 @@ def test_sigmoid_focal_loss_keeps_torchvision_signature(reduction):
     )
 
 
-def test_softmax_cross_entropy():
+@pytest.mark.parametrize("sparse", [False, True])
+def test_softmax_cross_entropy_equals_torch(sparse):
     gen = torch.Generator().manual_seed(4)
-    logits = torch.randn(2, 30, 6, generator=gen)
+    logits = torch.randn(2, 30, 6, generator=gen) * 3
     labels = random_labels(gen, (2, 30), 5)
     weight = torch.rand(2, 30, generator=gen)
+    if sparse:  # like a miner: most anchors get no gradient -> the sparse backward path
+        weight = weight * (torch.rand(2, 30, generator=gen) < 0.1)
+        assert 0 < int((weight != 0).sum()) < 15
+
+    def reference(x, class_weights=None):
+        flat = F.cross_entropy(
+            x.reshape(-1, 6), labels.reshape(-1), weight=class_weights, ignore_index=-1, reduction="none"
+        )
+        return flat.view(2, 30)
+
     ours, g_ours = values_and_grad(lambda x: softmax_cross_entropy(x, labels), logits, weight)
-    ref = F.cross_entropy(logits.reshape(-1, 6), labels.clamp(min=0).reshape(-1), reduction="none").view(
-        2, 30
-    )
-    torch.testing.assert_close(ours, ref * (labels >= 0))
-    assert (g_ours[labels < 0] == 0).all()
+    ref, g_ref = values_and_grad(reference, logits, weight)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert (ours[labels < 0] == 0).all() and (g_ours[labels < 0] == 0).all()
     class_weights = torch.tensor([0.5, 1, 2, 3, 4, 5.0])
-    weighted = softmax_cross_entropy(logits, labels, class_weights=class_weights)
-    torch.testing.assert_close(weighted, ours * class_weights[labels.clamp(min=0)] * (labels >= 0))
+    ours, g_ours = values_and_grad(lambda x: softmax_cross_entropy(x, labels, class_weights), logits, weight)
+    ref, g_ref = values_and_grad(lambda x: reference(x, class_weights), logits, weight)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_softmax_cross_entropy_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    labels = torch.tensor([[0, 1, 2, 3, -1], [3, 0, 0, -1, 1]])
+    assert torch.autograd.gradcheck(lambda x: softmax_cross_entropy(x, labels), (logits,))
+
+
+def test_focal_sparse_backward_equals_dense():
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 100, 5, generator=gen) * 3
+    labels = random_labels(gen, (2, 100), 5)
+    weight = torch.rand(2, 100, generator=gen) * (torch.rand(2, 100, generator=gen) < 0.1)
+    ours, g_ours = values_and_grad(lambda x: focal_loss_per_anchor(x, labels), logits, weight)
+    _, g_ref = values_and_grad(lambda x: reference_focal(x, labels), logits, weight)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+    assert (g_ours[weight == 0] == 0).all()
 
 
 @pytest.mark.parametrize("kind", ["smooth_l1", "l1", "giou"])
