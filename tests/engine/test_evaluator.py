@@ -350,3 +350,33 @@ def test_evaluate_runs_predict_and_restores_train_mode():
     model.eval()
     evaluate(model, _fake_loader([[1, 2, 3, 4]]), dataset, progress=False)
     assert not model.training  # a model in eval mode stays there
+
+
+def test_real_datasets_coco_and_voc_layout(tmp_path):
+    """Against detmine's own datasets: their targets as detections score 1.0 and map back to the
+    original (non-contiguous) category ids; the VOC dataset also gets the VOC metrics."""
+    from detmine.data import build_dataset
+    from detmine.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(
+        tmp_path / "synth", num_train=1, num_val=6, size=64, voc=True, workers=1, progress=False
+    )
+    shapes = build_dataset("synthetic", root, "val").class_names
+    for kind, path, opts in (("synthetic", root, {}), ("voc", root / "VOCdevkit", {"class_names": shapes})):
+        dataset = build_dataset(kind, path, "val", **opts)
+        ev = CocoEvaluator(dataset, backend="pycocotools")
+        for i in range(len(dataset)):
+            _, target = dataset[i]
+            n = len(target["boxes"])
+            ev.process(
+                [target], [{"boxes": target["boxes"], "scores": torch.ones(n), "labels": target["labels"]}]
+            )
+        result = ev.summarize()
+        assert result.stats["AP"] == pytest.approx(1.0, abs=1e-12), kind
+        gt_cats = {a["category_id"] for a in dataset.coco_gt_dict()["annotations"] if not a["iscrowd"]}
+        assert {r["category_id"] for r in ev.results_json()} == gt_cats
+        assert ("VOC_mAP" in result.stats) == (kind == "voc")
+        if kind == "voc":
+            assert result.stats["VOC_mAP"] == pytest.approx(1.0) and result.stats[
+                "VOC07_mAP"
+            ] == pytest.approx(1.0)
