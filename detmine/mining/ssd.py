@@ -72,7 +72,7 @@ class SSDMiner:
         num_neg = torch.minimum(self.num_negatives(labels), negative.sum(dim=1, keepdim=True))
         negative_loss = cls_loss.detach().masked_fill(~negative, float("-inf"))
 
-        k = int(num_neg.max())  # host sync: the top-k budget of the batch
+        k = int(num_neg.max()) if num_neg.numel() else 0  # host sync: the top-k budget of the batch
         if k == 0:
             return positive
         if k < num_anchors // 2:

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from detmine.errors import ConfigError
 from detmine.mining import MINERS, AllAnchorsMiner, OHEMMiner, RandomMiner, SSDMiner, build_miner
@@ -73,3 +74,23 @@ def test_unknown_option_names_it_and_the_valid_ones():
 def test_bad_values_are_config_errors_naming_the_key(name, options, key):
     with pytest.raises(ConfigError, match=f"mining.{key}"):
         build_miner(name, **options)
+
+
+@pytest.mark.parametrize("name", sorted(MINERS))
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([[1]]),  # a single anchor, positive
+        torch.tensor([[0]]),  # a single anchor, background
+        torch.tensor([[-1, -1, -1]]),  # an all-ignore image
+        torch.zeros((0, 5), dtype=torch.long),  # an empty batch
+        torch.zeros((2, 0), dtype=torch.long),  # no anchors
+    ],
+)
+def test_degenerate_inputs(name, labels):
+    loss = torch.rand(labels.shape, dtype=torch.float16)  # AMP losses too
+    boxes = torch.tensor([0.0, 0.0, 10.0, 10.0]).expand(*labels.shape, 4)
+    selected = build_miner(name, min_negatives=1) if name == "ssd" else build_miner(name)
+    out = selected(loss, labels, boxes)
+    assert out.shape == labels.shape and out.dtype == torch.bool
+    assert torch.equal(out, labels >= 0)  # here every non-ignored anchor fits every miner's budget
