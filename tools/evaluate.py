@@ -97,15 +97,18 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.val_split
     backend = args.backend or cfg.eval.backend
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+    if metrics is not None and (not metrics or not set(metrics) <= {"coco", "voc"}):
+        raise ConfigError(f"--metrics {args.metrics!r}: expected a comma-separated subset of coco,voc")
     device = pick_device(args.device or cfg.train.device)
+
+    weights = select_weights(load_checkpoint(args.checkpoint), args.weights, args.checkpoint)  # fail fast
 
     builders.prepare_data(cfg)
     dataset = builders.build_dataset_split(cfg, split, train=False)
     loader = builders.build_val_loader(cfg, dataset)
     model = builders.build_model_from_config(cfg, dataset.num_classes)
-    state = load_checkpoint(args.checkpoint)
     try:
-        model.load_state_dict(select_weights(state, args.weights, args.checkpoint))
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with {dataset.num_classes} classes: "

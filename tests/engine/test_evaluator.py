@@ -380,3 +380,43 @@ def test_real_datasets_coco_and_voc_layout(tmp_path):
             assert result.stats["VOC_mAP"] == pytest.approx(1.0) and result.stats[
                 "VOC07_mAP"
             ] == pytest.approx(1.0)
+
+
+def _evaluate_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("detmine_tool_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_tool_reports_user_errors_in_one_line(tmp_path, capsys):
+    tool = _evaluate_tool()
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\ntrain:\n  max_iters: 10\n")
+    missing = tmp_path / "nope.pth"
+    assert tool.main([str(config), str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint") and str(missing) in err and "\n" not in err
+    assert tool.main([str(config), str(missing), "train.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    ckpt = tmp_path / "model.pth"
+    torch.save({"model": {}, "ema": None, "iteration": 3}, ckpt)
+    assert tool.main([str(config), str(ckpt), "--weights", "ema"]) == 2
+    assert "has no EMA weights" in capsys.readouterr().err
+    assert tool.main([str(config), str(ckpt), "--metrics", "coco,lvis"]) == 2
+    assert "--metrics" in capsys.readouterr().err
+
+
+def test_evaluate_tool_picks_ema_weights_when_present():
+    tool = _evaluate_tool()
+    ema = {"module": {"w": torch.ones(1)}, "updates": 5}
+    state = {"model": {"w": torch.zeros(1)}, "ema": ema}
+    assert tool.select_weights(state, "auto", "x.pth") is ema["module"]
+    assert tool.select_weights(state, "model", "x.pth") is state["model"]
+    assert tool.select_weights({**state, "ema": None}, "auto", "x.pth") is state["model"]
+    bare = {"backbone.weight": torch.zeros(1)}
+    assert tool.select_weights(bare, "auto", "x.pth") is bare
