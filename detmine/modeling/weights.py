@@ -1,0 +1,106 @@
+"""Loading local pretrained backbone weights (torchvision ``.pth`` state dicts).
+
+Nothing is ever downloaded: ``weights`` names a file on disk, either a path or a bare file name
+found in torchvision's cache ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), where
+``torchvision.models.resnet50(weights=...)`` would have put it on a machine with internet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detmine.errors import CheckpointError
+
+#: State-dict prefixes of ImageNet classifiers, which detection backbones do not have.
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+_SHOW = 5  # how many offending keys a message names
+
+
+def resolve_weights_path(weights: str | os.PathLike) -> Path:
+    """The file ``weights`` refers to: an existing path, else a bare name in the torch hub cache.
+
+    Raises:
+        CheckpointError: naming the path and the cache directory that were searched.
+    """
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    if path.name == str(weights) and (cache / path.name).is_file():
+        return cache / path.name
+    where = f"'{path}'" + (f" or '{cache / path.name}'" if path.name == str(weights) else "")
+    raise CheckpointError(f"weights file not found: looked for {where}")
+
+
+def _first(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _comparable(keys: Iterable[str]) -> set[str]:
+    # BatchNorm's counter is absent from old torchvision files and from FrozenBatchNorm2d.
+    return {k for k in keys if not k.endswith("num_batches_tracked")}
+
+
+def load_backbone_weights(
+    module: nn.Module,
+    weights: str | os.PathLike,
+    *,
+    ignore_prefixes: tuple[str, ...] = CLASSIFIER_PREFIXES,
+    name: str = "backbone",
+) -> Path:
+    """Load a torchvision state dict into ``module``, strictly on every non-classifier key.
+
+    Args:
+        module: the torchvision network (e.g. ``torchvision.models.resnet50()``) whose state-dict
+            keys the file uses, before it is cut into a feature extractor.
+        weights: path or bare file name (see :func:`resolve_weights_path`).
+        ignore_prefixes: keys of the file starting with these are skipped (the classifier).
+        name: how messages call the module.
+
+    Returns:
+        The resolved path of the file that was loaded.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a state dict, or its keys / shapes do
+            not match ``module`` (the message names the file and the first offending keys).
+    """
+    path = resolve_weights_path(weights)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / foreign files
+        raise CheckpointError(f"cannot read weights file '{path}': {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(
+            f"weights file '{path}' is not a state dict of tensors (torchvision .pth expected)"
+        )
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    expected = module.state_dict()
+    missing = _comparable(expected) - _comparable(state)
+    unexpected = _comparable(state) - _comparable(expected)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_first(unexpected)}")
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
+        for k in sorted(_comparable(state) & _comparable(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if mismatched:
+        more = f" (+{len(mismatched) - _SHOW} more)" if len(mismatched) > _SHOW else ""
+        problems.append("shape mismatch: " + ", ".join(mismatched[:_SHOW]) + more)
+    if problems:
+        raise CheckpointError(f"weights file '{path}' does not fit the {name}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=False)
+    return path

@@ -1,0 +1,243 @@
+"""Named detector recipes. Each builder has an explicit keyword signature; ``build_model`` maps a
+config's ``model.name`` to one of them (see :data:`detmine.modeling.MODELS`).
+
+CPU-friendly (tests, the quickstart): ``retinanet_tiny_fpn``, ``ssdlite_tiny`` (about 1 M
+parameters at 256 px) and, more slowly, ``retinanet_resnet18_fpn`` at 320 px and
+``ssdlite320_mobilenet_v3``. ``ssd300_vgg16`` and ``retinanet_resnet50_fpn`` are GPU recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detmine.modeling.anchors import DefaultBoxes, GridAnchors, retinanet_anchor_sizes
+from detmine.modeling.backbones import (
+    MobileNetV3SSDLite,
+    ResNetBackbone,
+    TinyBackbone,
+    VGG16Atrous,
+    WeightsArg,
+)
+from detmine.modeling.detector import DenseDetector
+from detmine.modeling.heads import RetinaNetHead, SSDHead, SSDLiteHead
+from detmine.modeling.necks import FPN, SSDExtraLayers, SSDLiteExtraLayers
+from detmine.modeling.weights import load_backbone_weights
+
+SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+RETINANET_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+def _box_coder(weights: tuple[float, ...]):
+    from detmine.box_coder import BoxCoder  # imported late: the coder is its own module
+
+    return BoxCoder(weights=weights)
+
+
+def _ssd(backbone, neck, anchors: DefaultBoxes, head_cls, num_classes: int, image_size: int) -> DenseDetector:
+    head = head_cls(
+        in_channels=neck.out_channels,
+        num_anchors=anchors.num_anchors_per_location(),
+        num_columns=num_classes + 1,
+    )
+    return DenseDetector(
+        backbone=backbone,
+        neck=neck,
+        head=head,
+        anchor_generator=anchors,
+        num_classes=num_classes,
+        cls_activation="softmax",
+        box_coder=_box_coder(SSD_BOX_WEIGHTS),
+        image_size=image_size,
+    )
+
+
+def ssd300_vgg16(num_classes: int, *, weights: WeightsArg = None) -> DenseDetector:
+    """SSD300 (Liu et al. 2016) on atrous VGG16, as torchvision's ``ssd300_vgg16``: 8732 default boxes.
+
+    Args:
+        weights: local torchvision ``vgg16`` ImageNet ``.pth`` for the backbone.
+    """
+    backbone = VGG16Atrous(weights=weights)
+    neck = SSDExtraLayers(in_channels=backbone.out_channels)
+    anchors = DefaultBoxes(
+        aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300],
+    )
+    return _ssd(backbone, neck, anchors, SSDHead, num_classes, 300)
+
+
+def ssdlite320_mobilenet_v3(
+    num_classes: int, *, weights: WeightsArg = None, image_size: int = 320
+) -> DenseDetector:
+    """SSDlite on MobileNetV3-Large, as torchvision's ``ssdlite320_mobilenet_v3_large`` (6 levels).
+
+    Args:
+        weights: local torchvision ``mobilenet_v3_large`` ImageNet ``.pth``.
+        image_size: nominal square input size.
+    """
+    backbone = MobileNetV3SSDLite(weights=weights)
+    neck = SSDLiteExtraLayers(in_channels=backbone.out_channels)
+    anchors = DefaultBoxes(aspect_ratios=[[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    return _ssd(backbone, neck, anchors, SSDLiteHead, num_classes, image_size)
+
+
+def ssdlite_tiny(
+    num_classes: int,
+    *,
+    image_size: int = 256,
+    widths: Sequence[int] = (16, 32, 64, 128, 256),
+    extra_channels: Sequence[int] = (128, 128, 64),
+    anchor_scales: Sequence[float] = (0.06, 0.12, 0.24, 0.4, 0.6, 0.8, 1.0),
+    weights: WeightsArg = None,
+) -> DenseDetector:
+    """CPU-friendly SSDlite: tiny backbone C3-C5 + SSDlite extra layers, softmax head.
+
+    Six levels at strides 8..256 (32, 16, 8, 4, 2, 1 cells at 256 px), 6 default boxes per cell,
+    smallest boxes ``anchor_scales[0] * image_size`` (15 px at 256) for small objects.
+
+    Args:
+        widths: channels of the tiny backbone's five stages.
+        extra_channels: one SSDlite extra block per entry (levels = 3 + len).
+        anchor_scales: ``levels + 1`` default-box scales (fractions of the image side).
+        weights: a state dict saved from a ``TinyBackbone`` of the same widths.
+    """
+    backbone = _tiny_backbone(widths, weights)
+    neck = SSDLiteExtraLayers(in_channels=backbone.out_channels, channels=extra_channels)
+    anchors = DefaultBoxes(aspect_ratios=[[2, 3]] * len(neck.out_channels), scales=anchor_scales)
+    return _ssd(backbone, neck, anchors, SSDLiteHead, num_classes, image_size)
+
+
+def _tiny_backbone(widths: Sequence[int], weights: WeightsArg) -> TinyBackbone:
+    backbone = TinyBackbone(widths=tuple(widths))
+    if weights is not None:
+        load_backbone_weights(backbone, weights, ignore_prefixes=(), name="tiny backbone")
+    return backbone
+
+
+def _retinanet(
+    backbone,
+    num_classes: int,
+    image_size: int,
+    fpn_channels: int,
+    head_convs: int,
+    group_norm: bool,
+    anchor_sizes: Sequence[int],
+    p6_from: str,
+    prior_prob: float,
+) -> DenseDetector:
+    neck = FPN(in_channels=backbone.out_channels, out_channels=fpn_channels, p6_from=p6_from)
+    anchors = GridAnchors(sizes=retinanet_anchor_sizes(anchor_sizes))
+    if len(anchor_sizes) != len(neck.out_channels):
+        raise ValueError(
+            f"anchor_sizes needs {len(neck.out_channels)} entries (P3-P7), got {list(anchor_sizes)}"
+        )
+    head = RetinaNetHead(
+        in_channels=fpn_channels,
+        num_anchors=anchors.num_anchors_per_location()[0],
+        num_columns=num_classes,
+        num_convs=head_convs,
+        group_norm=group_norm,
+        prior_prob=prior_prob,
+    )
+    return DenseDetector(
+        backbone=backbone,
+        neck=neck,
+        head=head,
+        anchor_generator=anchors,
+        num_classes=num_classes,
+        cls_activation="sigmoid",
+        box_coder=_box_coder(RETINANET_BOX_WEIGHTS),
+        image_size=image_size,
+    )
+
+
+def _resnet_retinanet(depth: int, num_classes: int, image_size: int, **kw) -> DenseDetector:
+    backbone = ResNetBackbone(
+        depth=depth,
+        weights=kw.pop("weights"),
+        frozen_bn=kw.pop("frozen_bn"),
+        trainable_layers=kw.pop("trainable_layers"),
+    )
+    return _retinanet(backbone, num_classes, image_size, **kw)
+
+
+def retinanet_resnet50_fpn(
+    num_classes: int,
+    *,
+    image_size: int = 640,
+    fpn_channels: int = 256,
+    head_convs: int = 4,
+    group_norm: bool = False,
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    p6_from: str = "p5",
+    prior_prob: float = 0.01,
+    weights: WeightsArg = None,
+    frozen_bn: bool = False,
+    trainable_layers: int = 5,
+) -> DenseDetector:
+    """RetinaNet R50-FPN (P3-P7, 9 anchors per cell), as torchvision's ``retinanet_resnet50_fpn``.
+
+    Args:
+        image_size: nominal input size. fpn_channels / head_convs / group_norm / prior_prob: see
+            :class:`~detmine.modeling.heads.RetinaNetHead`. anchor_sizes: base size per level
+            (octave scales 2^0, 2^1/3, 2^2/3 and ratios 0.5, 1, 2 added). p6_from: ``"p5"`` or
+            ``"c5"``. weights / frozen_bn / trainable_layers: see
+            :class:`~detmine.modeling.backbones.ResNetBackbone` (torchvision freezes BN and trains 3
+            layers with pretrained weights).
+    """
+    return _resnet_retinanet(50, **_locals(locals()))
+
+
+def retinanet_resnet18_fpn(
+    num_classes: int,
+    *,
+    image_size: int = 320,
+    fpn_channels: int = 256,
+    head_convs: int = 4,
+    group_norm: bool = False,
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    p6_from: str = "p5",
+    prior_prob: float = 0.01,
+    weights: WeightsArg = None,
+    frozen_bn: bool = False,
+    trainable_layers: int = 5,
+) -> DenseDetector:
+    """RetinaNet on ResNet-18 at 320 px: a small recipe that still trains on a CPU. Options as
+    :func:`retinanet_resnet50_fpn`."""
+    return _resnet_retinanet(18, **_locals(locals()))
+
+
+def retinanet_tiny_fpn(
+    num_classes: int,
+    *,
+    image_size: int = 256,
+    widths: Sequence[int] = (16, 32, 64, 128, 256),
+    fpn_channels: int = 64,
+    head_convs: int = 2,
+    group_norm: bool = False,
+    anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
+    p6_from: str = "p5",
+    prior_prob: float = 0.01,
+    weights: WeightsArg = None,
+) -> DenseDetector:
+    """CPU-friendly RetinaNet: tiny backbone, 64-channel FPN P3-P7, 2-conv focal head, 256 px.
+
+    Anchor base sizes 16..256 (half the paper's, for a 256 px input with small objects).
+    """
+    backbone = _tiny_backbone(widths, weights)
+    return _retinanet(
+        backbone,
+        num_classes,
+        image_size,
+        fpn_channels,
+        head_convs,
+        group_norm,
+        anchor_sizes,
+        p6_from,
+        prior_prob,
+    )
+
+
+def _locals(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k != "self"}
