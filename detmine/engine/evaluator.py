@@ -146,6 +146,7 @@ class CocoEvaluator:
         """Forget all processed detections."""
         self._results: dict[int, list[dict]] = {}
         self._synchronized = False
+        self.num_nonfinite = 0  # detections dropped for a NaN / Inf box or score (this rank)
 
     def process(self, targets: Sequence[Target], detections: Sequence[Detections]) -> None:
         """Add the detections of one batch.
@@ -166,9 +167,14 @@ class CocoEvaluator:
             if image_id in self._results:  # a distributed sampler pads with repeated images
                 continue
             boxes = det["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)
+            scores = det["scores"].detach().to("cpu", torch.float64).reshape(-1)
+            labels = det["labels"].detach().to("cpu").reshape(-1)
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            if not bool(finite.all()):  # a diverged model: NaN would poison the JSON and the metrics
+                self.num_nonfinite += int((~finite).sum())
+                boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-            scores = det["scores"].detach().to("cpu", torch.float64).reshape(-1).tolist()
-            labels = det["labels"].detach().to("cpu").reshape(-1).tolist()
+            scores, labels = scores.tolist(), labels.tolist()
             entries = []
             for box, score, label in zip(xywh, scores, labels, strict=True):
                 category_id = self._contiguous_to_cat.get(int(label))
@@ -220,6 +226,12 @@ class CocoEvaluator:
         self.synchronize()
         if not self.is_main:
             return None
+        if self.num_nonfinite:
+            warnings.warn(
+                f"evaluator: dropped {self.num_nonfinite} detections with a non-finite box or score "
+                "(on this rank); the model may have diverged",
+                stacklevel=2,
+            )
         results = self.results_json()
         image_ids = self.image_ids
         if not image_ids:

@@ -287,6 +287,19 @@ def test_voc_metrics_switch_on_for_voc_datasets_and_results_are_written(tmp_path
     assert json.dumps(result.to_dict())  # JSON-ready
 
 
+def test_non_finite_detections_are_dropped_and_counted():
+    dataset = FakeDataset(_gt_three_sizes())
+    ev = CocoEvaluator(dataset)
+    dets = [_dets(_perfect()[i]) for i in range(1, 5)]
+    dets[0]["boxes"][0, 2] = float("nan")  # image 1, the cat box
+    dets[1]["scores"][1] = float("inf")  # image 2, the bird box
+    ev.process([{"image_id": i} for i in range(1, 5)], dets)
+    with pytest.warns(UserWarning, match="dropped 2 detections with a non-finite"):
+        result = ev.summarize()
+    assert len(ev.results_json()) == 3
+    assert result.per_class_ap["bird"] == 0.0 and result.per_class_ap["dog"] == pytest.approx(1.0)
+
+
 def test_errors_are_one_line_and_named():
     dataset = FakeDataset(_gt_three_sizes())
     with pytest.raises(ConfigError, match="backend 'detectron2'.*faster_coco_eval, pycocotools"):
