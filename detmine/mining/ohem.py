@@ -127,7 +127,8 @@ class OHEMMiner:
         NMS runs per image and pool (one ``batched_nms`` call, category = image x pool).
         Greedy NMS visits boxes in decreasing loss order, so whether a candidate
         survives depends only on the higher-loss ones: NMS over the first ``n``
-        columns gives exactly the full NMS's survivors among those columns. Hence it
+        columns gives exactly the full NMS's survivors among those columns (up to
+        exactly equal losses straddling the prefix boundary). Hence it
         starts with ``2 x batch_size_per_image`` columns and doubles the prefix only
         for the images that have not found enough survivors yet (NMS cost grows
         quadratically with the number of boxes).
