@@ -1,0 +1,81 @@
+"""Anchor generators against torchvision's DefaultBoxGenerator / AnchorGenerator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from detmine.modeling.anchors import DefaultBoxes, GridAnchors, retinanet_anchor_sizes
+
+
+def _torchvision(generator, feature_sizes, image_size):
+    images = ImageList(torch.zeros(1, 3, *image_size), [image_size])
+    maps = [torch.zeros(1, 1, h, w) for h, w in feature_sizes]
+    return generator(images, maps)[0]
+
+
+SSD300 = dict(
+    aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+    scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+    steps=[8, 16, 32, 64, 100, 300],
+)
+
+
+def test_ssd300_default_boxes_equal_torchvision():
+    sizes = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    ours, counts = DefaultBoxes(**SSD300)(sizes, (300, 300))
+    ref = _torchvision(DefaultBoxGenerator(**SSD300), sizes, (300, 300))
+    assert ours.shape == (8732, 4)
+    assert counts == [38 * 38 * 4, 19 * 19 * 6, 10 * 10 * 6, 5 * 5 * 6, 3 * 3 * 4, 1 * 4]
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("image_size", [(320, 320), (200, 296)])
+def test_ssdlite_default_boxes_equal_torchvision(image_size):
+    gen_kwargs = dict(aspect_ratios=[[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    h, w = image_size
+    sizes = [(-(-h // s), -(-w // s)) for s in (16, 32, 64, 128, 256, 512)]
+    ours, counts = DefaultBoxes(**gen_kwargs)(sizes, image_size)
+    ref = _torchvision(DefaultBoxGenerator(**gen_kwargs), sizes, image_size)
+    assert sum(counts) == sum(fh * fw * 6 for fh, fw in sizes) == ours.shape[0]
+    torch.testing.assert_close(ours, ref)
+
+
+def test_default_boxes_scales_follow_the_paper_formula():
+    boxes = DefaultBoxes(aspect_ratios=[[2]] * 3, min_ratio=0.2, max_ratio=0.8)
+    assert boxes.scales == pytest.approx([0.2, 0.5, 0.8, 1.0])
+    with pytest.raises(ValueError, match="scales"):
+        DefaultBoxes(aspect_ratios=[[2]] * 3, scales=[0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    "image_size, feature_sizes",
+    [
+        ((640, 640), [(80, 80), (40, 40), (20, 20), (10, 10), (5, 5)]),
+        ((96, 128), [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]),
+    ],
+)
+def test_retinanet_anchors_equal_torchvision(image_size, feature_sizes):
+    sizes = retinanet_anchor_sizes()
+    assert sizes[0] == [32, 40, 50] and sizes[-1] == [512, 645, 812]
+    ours, counts = GridAnchors(sizes=sizes)(feature_sizes, image_size)
+    ref = _torchvision(
+        AnchorGenerator(tuple(map(tuple, sizes)), ((0.5, 1.0, 2.0),) * 5), feature_sizes, image_size
+    )
+    assert counts == [h * w * 9 for h, w in feature_sizes]
+    torch.testing.assert_close(ours, ref)
+
+
+def test_anchors_are_cached_per_sizes_device_and_dtype():
+    gen = GridAnchors(sizes=retinanet_anchor_sizes((16, 32)))
+    a, _ = gen([(8, 8), (4, 4)], (64, 64))
+    b, _ = gen([(8, 8), (4, 4)], (64, 64))
+    c, _ = gen([(8, 8), (4, 4)], (64, 64), dtype=torch.float64)
+    d, _ = gen([(4, 4), (2, 2)], (32, 32))
+    assert a is b
+    assert c.dtype == torch.float64 and c is not a
+    assert d.shape[0] == (16 + 4) * 9
+    with pytest.raises(ValueError, match="2 levels, got 1"):
+        gen([(8, 8)], (64, 64))
