@@ -27,8 +27,10 @@ class RandomMiner:
         batch_size_per_image: anchors drawn per image (Faster R-CNN RPN: 256).
         pos_fraction: maximal share of positives (RPN: 0.5).
         seed: seeds a private ``torch.Generator`` (one per device) so the draws
-            repeat; ``None`` uses torch's global RNG (what ``torch.manual_seed`` and
-            checkpointed RNG state control).
+            repeat; ``None`` (default) uses torch's global RNG, which
+            ``torch.manual_seed`` and a checkpoint's saved RNG state control -- the
+            choice for an exactly resumable run (a private stream restarts from
+            ``seed`` when training resumes).
     """
 
     needs_boxes: bool = False
