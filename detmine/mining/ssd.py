@@ -32,7 +32,9 @@ class SSDMiner:
     same device. Costs one or two host syncs (the batch's top-k budget). Two
     documented differences: ignored anchors (label -1, which torchvision has no
     notion of) are never selected, and the count is clamped to the negatives
-    available (torchvision then re-counts positives as negatives).
+    available: the selected set is the same, but when ``3 P_b > N_b`` torchvision's
+    rank test also picks positives as "negatives", so its loss counts their CE
+    twice; a mask cannot.
 
     Call: ``miner(cls_loss [B, A], labels [B, A], boxes=None) -> bool [B, A]``;
     ``boxes`` is accepted and unused (``needs_boxes = False``).
