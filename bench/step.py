@@ -218,7 +218,7 @@ def run_case(case: str, args: argparse.Namespace, device: torch.device) -> dict:
         }
 
     stats = {name: summary(rows) for name, rows in samples.items()}
-    return {"case": case, "ours": ours_name, "torchvision": tv_name, "image_size": size, "batch": batch,
+    return {"case": case, "device": device.type, "ours": ours_name, "torchvision": tv_name, "image_size": size, "batch": batch,
             "anchors": num_anchors, "stats": stats}  # fmt: skip
 
 
@@ -275,6 +275,8 @@ def print_case(result: dict) -> None:
             + " |"
         )
     print("\nmining overhead vs mining=all, in % of the `all` step (goal <= 5%):")
+    if result["device"] == "cpu":
+        print("  (wall time on a shared CPU is noisy: trust the cpu-time, criterion and miner columns)")
     for name in MINING[1:]:
         parts = []
         for label, key, base in (
