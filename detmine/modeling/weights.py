@@ -84,7 +84,7 @@ def load_backbone_weights(
             f"weights file '{path}' is not a state dict of tensors (torchvision .pth expected)"
         )
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = module.state_dict()
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
     missing = _comparable(expected) - _comparable(state)
     unexpected = _comparable(state) - _comparable(expected)
     problems = []
