@@ -57,22 +57,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select_weights(state: dict[str, Any], which: str, path: str) -> dict[str, Any]:
-    """The model state dict to evaluate from a loaded checkpoint (``which``: auto | ema | model)."""
+def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
+    """``(model state dict, "ema" | "model")`` to evaluate from a loaded checkpoint
+    (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates)."""
     if "model" not in state:  # a bare state dict
         if which == "ema":
             raise CheckpointError(
                 f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
             )
-        return state
+        return state, "model"
     ema = state.get("ema")
     if which == "ema" or (which == "auto" and ema):
         if not ema:
             raise CheckpointError(
                 f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
             )
-        return ema["module"] if "module" in ema else ema
-    return state["model"]
+        return (ema["module"] if "module" in ema else ema), "ema"
+    return state["model"], "model"
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,13 +88,22 @@ def pick_device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     from detmine.config import load_config
+    from detmine.engine import distributed as dist
+
+    cfg = load_config(args.config, args.overrides)
+    dist.init_distributed()
+    try:
+        return _evaluate_checkpoint(args, cfg)
+    finally:
+        dist.cleanup()
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     from detmine.engine import builders
     from detmine.engine import distributed as dist
     from detmine.engine.checkpoint import load_checkpoint
     from detmine.engine.evaluator import evaluate
 
-    cfg = load_config(args.config, args.overrides)
-    dist.init_distributed()
     split = args.split or cfg.data.val_split
     backend = args.backend or cfg.eval.backend
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
@@ -101,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--metrics {args.metrics!r}: expected a comma-separated subset of coco,voc")
     device = pick_device(args.device or cfg.train.device)
 
-    weights = select_weights(load_checkpoint(args.checkpoint), args.weights, args.checkpoint)  # fail fast
+    weights, which = select_weights(
+        load_checkpoint(args.checkpoint), args.weights, args.checkpoint
+    )  # fail fast
 
     builders.prepare_data(cfg)
     dataset = builders.build_dataset_split(cfg, split, train=False)
@@ -137,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint),
         "split": split,
         "backend": backend,
-        "weights": args.weights,
+        "weights": which,
         "num_images": len(loader.dataset),
         **result.to_dict(),
     }

@@ -428,11 +428,11 @@ def test_evaluate_tool_picks_ema_weights_when_present():
     tool = _evaluate_tool()
     ema = {"module": {"w": torch.ones(1)}, "updates": 5}
     state = {"model": {"w": torch.zeros(1)}, "ema": ema}
-    assert tool.select_weights(state, "auto", "x.pth") is ema["module"]
-    assert tool.select_weights(state, "model", "x.pth") is state["model"]
-    assert tool.select_weights({**state, "ema": None}, "auto", "x.pth") is state["model"]
+    assert tool.select_weights(state, "auto", "x.pth") == (ema["module"], "ema")
+    assert tool.select_weights(state, "model", "x.pth") == (state["model"], "model")
+    assert tool.select_weights({**state, "ema": None}, "auto", "x.pth") == (state["model"], "model")
     bare = {"backbone.weight": torch.zeros(1)}
-    assert tool.select_weights(bare, "auto", "x.pth") is bare
+    assert tool.select_weights(bare, "auto", "x.pth") == (bare, "model")
 
 
 def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys):
@@ -468,5 +468,6 @@ def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys):
         assert results and {r["category_id"] for r in results} <= category_ids
         metrics[backend] = json.loads(out.with_name("results.metrics.json").read_text())
         assert metrics[backend]["backend"] == backend and metrics[backend]["num_images"] == 4
+        assert metrics[backend]["weights"] == "model"
     fast, slow = (metrics[b]["stats"] for b in BACKENDS)
     assert fast.keys() == slow.keys() and all(fast[k] == pytest.approx(slow[k], abs=1e-12) for k in fast)
