@@ -198,7 +198,7 @@ def draw_legend(
             x = 6
         rows[-1].append((x, text, col))
         x += item_w
-    lines = [header] if header else []
+    lines = _wrap(header, w - 12, scale, thick) if header else []
     panel_h = row_h * (len(lines) + len(rows)) + 6
     panel = np.empty((panel_h, w, 3), dtype=np.uint8)
     panel[:] = LEGEND_BG
@@ -212,6 +212,21 @@ def draw_legend(
             cv2.putText(panel, text, (x0 + sw + 4, y + th), FONT, scale, TEXT_COLOR, thick, cv2.LINE_AA)
         y += row_h
     return np.concatenate([img, panel], axis=0)
+
+
+def _wrap(text: str, width: int, scale: float, thick: int) -> list[str]:
+    """Split ``text`` at its " | " separators into lines at most ``width`` px wide (a single
+    part wider than that keeps its own line)."""
+    lines: list[str] = []
+    current = ""
+    for part in text.split(" | "):
+        candidate = f"{current} | {part}" if current else part
+        if current and cv2.getTextSize(candidate, FONT, scale, thick)[0][0] > width:
+            lines.append(current)
+            current = part
+        else:
+            current = candidate
+    return [*lines, current]
 
 
 def upscale(image: np.ndarray, min_side: int) -> tuple[np.ndarray, float]:

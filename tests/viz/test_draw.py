@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detmine.viz.colors import GT_COLOR, IGNORED_COLOR, POSITIVE_COLOR, negative_rank_colors
+from detmine.viz.colors import GT_COLOR, IGNORED_COLOR, LEGEND_BG, POSITIVE_COLOR, negative_rank_colors
 from detmine.viz.draw import (
     FONT,
     draw_boxes,
@@ -170,3 +170,12 @@ def test_draw_mining_roles_and_upscaling():
 def test_draw_mining_with_nothing_to_draw():
     out = draw_mining(np.zeros((32, 48, 3), np.uint8))
     assert out.shape[1] == 48 and out.shape[0] > 32 and not out[:32].any()
+
+
+def test_long_header_wraps_inside_the_legend():
+    header = "image 1000001: pos 2 | mined neg 6 of 8188 | ignored 0 | top 6 shown"
+    narrow = draw_legend(_black(40, 256), [], header=header)
+    short = draw_legend(_black(40, 256), [], header="image 1")
+    assert narrow.shape[0] > short.shape[0]  # wrapped onto more lines
+    # no text runs off the right edge: the last columns of the panel are plain background
+    assert (narrow[40:, -4:] == np.array(LEGEND_BG, np.uint8)).all()
