@@ -1,0 +1,224 @@
+"""DenseDetector and the named builders: shapes, modes, predict against torchvision's post-processing."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torchvision.models.detection as tvd
+from torch import nn
+from torchvision.models.detection import _utils as tv_utils
+from torchvision.models.detection.retinanet import RetinaNet
+
+from detmine.box_coder import BoxCoder
+from detmine.errors import ConfigError
+from detmine.modeling import MODELS, build_model, model_options
+from detmine.structures import HeadOutputs
+
+# name -> (input size for the test, classifier columns for K = 3)
+BUILDERS = {
+    "retinanet_tiny_fpn": (64, 3),
+    "ssdlite_tiny": (64, 4),
+    "retinanet_resnet18_fpn": (64, 3),
+    "retinanet_resnet50_fpn": (64, 3),
+    "ssdlite320_mobilenet_v3": (128, 4),
+    "ssd300_vgg16": (300, 4),
+}
+
+
+def _images(batch, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def test_builder_table_is_complete():
+    assert set(BUILDERS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_every_builder_gives_head_outputs(name):
+    size, columns = BUILDERS[name]
+    torch.manual_seed(0)
+    model = build_model(name, 3)
+    batch = 1 if name == "ssd300_vgg16" else 2
+    out = model(_images(batch, size))
+    assert isinstance(out, HeadOutputs)
+    num_anchors = out.anchors.shape[0]
+    assert out.cls_logits.shape == (batch, num_anchors, columns)
+    assert out.box_deltas.shape == (batch, num_anchors, 4)
+    assert out.anchors.dtype == torch.float32
+    assert sum(model.last_level_counts) == num_anchors
+    assert model.num_classes == 3
+    assert model.cls_activation == ("softmax" if columns == 4 else "sigmoid")
+    assert isinstance(model.box_coder, BoxCoder)
+    assert model.box_coder.weights == ((10.0, 10.0, 5.0, 5.0) if columns == 4 else (1.0, 1.0, 1.0, 1.0))
+    if name == "ssd300_vgg16":
+        assert num_anchors == 8732
+
+
+def test_architectures_match_torchvision_parameter_counts():
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    # torchvision's num_classes counts the background; its RetinaNet keeps a column for it too.
+    pairs = [
+        (
+            build_model("ssdlite320_mobilenet_v3", 90),
+            tvd.ssdlite320_mobilenet_v3_large(weights_backbone=None),
+        ),
+        (build_model("retinanet_resnet50_fpn", 91), tvd.retinanet_resnet50_fpn(weights_backbone=None)),
+        (build_model("ssd300_vgg16", 90), tvd.ssd300_vgg16(weights_backbone=None)),
+    ]
+    for ours, ref in pairs:
+        assert count(ours) == count(ref)
+
+
+def test_tiny_models_are_small():
+    for name in ("retinanet_tiny_fpn", "ssdlite_tiny"):
+        params = sum(p.numel() for p in build_model(name, 6).parameters())
+        assert params < 2e6, (name, params)
+
+
+def test_same_return_type_in_train_and_eval_and_uint8_equals_float():
+    torch.manual_seed(0)
+    model = build_model("retinanet_tiny_fpn", 2)
+    images = _images(2, 64)
+    train_out = model.train()(images)
+    assert train_out.cls_logits.requires_grad
+    model.eval()
+    eval_out = model(images)
+    assert type(train_out) is type(eval_out) is HeadOutputs
+    assert eval_out.cls_logits.shape == train_out.cls_logits.shape
+    torch.testing.assert_close(model(images.float()).cls_logits, eval_out.cls_logits)
+    torch.testing.assert_close(eval_out.anchors, train_out.anchors)
+
+
+def test_normalisation_is_imagenet_mean_std():
+    model = build_model("retinanet_tiny_fpn", 2)
+    pixel = torch.tensor([124.0, 116.0, 104.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    expected = (pixel / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(model.normalize(pixel), expected)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model(torch.zeros(3, 64, 64))
+
+
+class _FixedHead(nn.Module):
+    def __init__(self, logits, deltas):
+        super().__init__()
+        self.logits, self.deltas = logits, deltas
+
+    def forward(self, features):
+        return self.logits, self.deltas
+
+
+def _with_head(name, num_classes, size, fill, batch=1):
+    model = build_model(name, num_classes).eval()
+    with torch.no_grad():
+        out = model(_images(batch, size))
+    logits = torch.full_like(out.cls_logits, fill)
+    deltas = torch.zeros_like(out.box_deltas)
+    model.head = _FixedHead(logits, deltas)
+    return model, out.anchors, logits, deltas
+
+
+def test_predict_decodes_clips_and_scales_to_the_original_image():
+    model, anchors, logits, deltas = _with_head("retinanet_tiny_fpn", 3, 64, -20.0)
+    j = 4 * 8 * 9 + 6 * 9 + 4  # level 0, y = 4, x = 6, anchor type 4
+    logits[0, j, 2] = 5.0  # class index 2 -> label 3
+    deltas[0, j, 0] = 0.5  # shift right by half the anchor width
+    (det,) = model.predict(_images(1, 64), input_sizes=[(48, 52)], orig_sizes=[(96, 26)])
+    x1, y1, x2, y2 = anchors[j].tolist()
+    shift = 0.5 * (x2 - x1)
+    expected = torch.tensor(
+        [max(x1 + shift, 0) * 0.5, max(y1, 0) * 2, min(x2 + shift, 52) * 0.5, min(y2, 48) * 2]
+    )
+    assert det["labels"].tolist() == [3]
+    torch.testing.assert_close(det["scores"], torch.tensor([1 / (1 + math.exp(-5.0))]))
+    torch.testing.assert_close(det["boxes"], expected.unsqueeze(0))
+
+
+def test_softmax_predict_skips_background_column():
+    model, anchors, logits, _ = _with_head("ssdlite_tiny", 3, 64, 0.0)
+    logits[..., 0] = 10.0  # background wins everywhere ...
+    logits[0, 7, 2] = 30.0  # ... except anchor 7: class 2
+    (det,) = model.predict(_images(1, 64))
+    assert det["labels"].tolist() == [2]
+    assert det["scores"].item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(det["boxes"][0], anchors[7].clamp(0, 64))
+
+
+def test_empty_predictions_have_the_right_shapes():
+    model, *_ = _with_head("retinanet_tiny_fpn", 3, 64, -20.0, batch=2)
+    for det in model.predict(_images(2, 64)):
+        assert det["boxes"].shape == (0, 4) and det["boxes"].dtype == torch.float32
+        assert det["scores"].shape == (0,)
+        assert det["labels"].shape == (0,) and det["labels"].dtype == torch.int64
+
+
+def _torchvision_postprocess(out, counts, image_size, **params):
+    fake = SimpleNamespace(box_coder=tv_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)), **params)
+    split = {
+        "cls_logits": list(out.cls_logits.split(counts, dim=1)),
+        "bbox_regression": list(out.box_deltas.split(counts, dim=1)),
+    }
+    anchors = [list(out.anchors.split(counts))] * out.cls_logits.shape[0]
+    return RetinaNet.postprocess_detections(fake, split, anchors, [image_size] * out.cls_logits.shape[0])
+
+
+@pytest.mark.parametrize("topk, thresh, per_img", [(1000, 0.05, 100), (7, 0.3, 100), (50, 0.2, 5)])
+def test_predict_equals_torchvision_retinanet_postprocess(topk, thresh, per_img):
+    torch.manual_seed(0)
+    model = build_model("retinanet_tiny_fpn", 4).eval()
+    images = _images(3, 64)
+    with torch.no_grad():
+        out = model(images)
+    g = torch.Generator().manual_seed(1)
+    out = HeadOutputs(
+        cls_logits=torch.randn(out.cls_logits.shape, generator=g) * 2 - 2,
+        box_deltas=torch.randn(out.box_deltas.shape, generator=g) * 0.3,
+        anchors=out.anchors,
+    )
+    counts = model.last_level_counts
+    params = dict(score_thresh=thresh, topk_candidates=topk, nms_thresh=0.5, detections_per_img=per_img)
+    ours = model.postprocess(out, image_shape=(64, 64), level_counts=counts, **params)
+    ref = _torchvision_postprocess(out, counts, (64, 64), **params)
+    for a, b in zip(ours, ref, strict=True):
+        assert len(a["scores"]) > 0
+        assert len(a["scores"]) <= per_img and (a["scores"] > thresh).all()
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+        assert a["labels"].tolist() == (b["labels"] + 1).tolist()
+
+
+def test_top_k_is_per_level_and_batched_predict_equals_single():
+    model, _, logits, _ = _with_head("retinanet_tiny_fpn", 2, 64, 3.0)
+    (det,) = model.predict(_images(1, 64), topk_candidates=1, nms_thresh=1.0)
+    assert len(det["scores"]) == len(model.last_level_counts)
+
+    torch.manual_seed(0)
+    model = build_model("ssdlite_tiny", 3).eval()
+    images = _images(2, 64, seed=3)
+    both = model.predict(images, score_thresh=0.1)
+    for i in range(2):
+        (single,) = model.predict(images[i : i + 1], score_thresh=0.1)
+        torch.testing.assert_close(both[i]["boxes"], single["boxes"], atol=1e-4, rtol=1e-4)
+        assert both[i]["labels"].tolist() == single["labels"].tolist()
+        assert ((single["labels"] >= 1) & (single["labels"] <= 3)).all()
+
+
+def test_build_model_errors_name_the_valid_choices():
+    with pytest.raises(ConfigError, match="unknown model 'yolo'; valid models: ssd300_vgg16, .*ssdlite_tiny"):
+        build_model("yolo", 3)
+    with pytest.raises(ConfigError, match="no option 'fpn_chanels'; valid options: .*fpn_channels"):
+        build_model("retinanet_tiny_fpn", 3, fpn_chanels=32)
+    with pytest.raises(ConfigError, match="num_classes must be a positive integer"):
+        build_model("ssdlite_tiny", 0)
+    with pytest.raises(ConfigError, match="anchor_sizes needs 5 entries"):
+        build_model("retinanet_tiny_fpn", 3, anchor_sizes=(16, 32))
+    assert "weights" in model_options("ssd300_vgg16")
+    model = build_model("retinanet_tiny_fpn", 3, fpn_channels=32, head_convs=1, group_norm=True)
+    assert len(model.head.cls_tower) == 1
