@@ -70,69 +70,86 @@ class ModelConfig:
 
 @dataclass
 class MatchingConfig:
-    """Anchor-to-ground-truth matching (see ``detmine.matching``)."""
+    """Anchor-to-ground-truth matching (``detmine.criterion.build_matcher``).
 
-    fg_iou: float = 0.5
-    bg_iou: float = 0.4
-    allow_low_quality: bool = True
+    ``null`` means the preset's value; the preset defaults to the head: ``ssd`` (0.5/0.5 +
+    forced best anchor) for softmax heads, ``retinanet`` (0.5/0.4 + low-quality matches) for
+    sigmoid heads.
+    """
+
+    preset: Literal["ssd", "retinanet"] | None = None
+    fg_iou_thresh: float | None = None
+    bg_iou_thresh: float | None = None
+    allow_low_quality: bool | None = None
+    force_best_match: bool | None = None
     #: anchors covered by an ignore region (crowd / difficult) above this fraction become ignore.
-    ignore_iof: float = 0.5
+    ignore_iof_thresh: float | None = None
 
 
 @dataclass
 class LossConfig:
-    """Classification and box losses (see ``detmine.losses`` / ``detmine.criterion``)."""
+    """Classification and box losses (``detmine.criterion.build_criterion``); ``null`` = the
+    head's default (softmax: ``softmax_ce`` + ``smooth_l1``; sigmoid: ``focal`` + ``l1``)."""
 
-    cls: Literal["focal", "ce", "balanced_ce"] = "focal"
-    alpha: float = 0.25
-    gamma: float = 2.0
-    box: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
-    beta: float = 0.0
-    box_weight: float = 1.0
+    cls: Literal["softmax_ce", "focal", "balanced_ce"] | None = None
+    #: focal / balanced-CE alpha: one float, or one per class.
+    alpha: float | list[float] | None = None
+    gamma: float | None = None
+    class_weights: list[float] | None = None
+    box: Literal["smooth_l1", "l1", "giou"] | None = None
+    beta: float | None = None
+    box_weight: float | None = None
     #: "batch": divide by the positives of the batch; "ema": by an EMA of that count.
-    normalizer: Literal["batch", "ema"] = "batch"
-    normalizer_momentum: float = 0.9
+    normalizer: Literal["batch", "ema"] | None = None
+    normalizer_momentum: float | None = None
 
 
 @dataclass
 class SSDMinerConfig:
-    """SSD hard negative mining: ``neg_pos_ratio`` negatives per positive per image."""
+    """SSD hard negative mining: ``neg_pos_ratio`` negatives per positive per image, at least
+    ``min_negatives`` per image (``null``: the miner's default, see ``detmine.mining.ssd``)."""
 
-    neg_pos_ratio: float = 3.0
-    min_negatives: int = 0
+    neg_pos_ratio: float | None = None
+    min_negatives: int | None = None
 
 
 @dataclass
 class OHEMMinerConfig:
-    """OHEM: the ``batch_size_per_image`` highest-loss anchors after NMS at ``nms_iou``."""
+    """OHEM: the ``batch_size_per_image`` highest-loss anchors after NMS at ``nms_iou``
+    (``null``: the miner's default, see ``detmine.mining.ohem``)."""
 
-    batch_size_per_image: int = 128
-    nms_iou: float = 0.7
+    batch_size_per_image: int | None = None
+    nms_iou: float | None = None
     pos_fraction: float | None = None
-    pre_nms_topk: int = 2000
+    pre_nms_topk: int | None = None
 
 
 @dataclass
 class RandomMinerConfig:
-    """Balanced random sampling (Faster R-CNN heuristic)."""
+    """Balanced random sampling (Faster R-CNN heuristic; ``null``: the miner's default)."""
 
-    batch_size_per_image: int = 256
-    pos_fraction: float = 0.5
+    batch_size_per_image: int | None = None
+    pos_fraction: float | None = None
+    seed: int | None = None
 
 
 @dataclass
 class MiningConfig:
     """Which anchors' classification loss counts; options of each miner in its own section."""
 
-    type: Literal["all", "ssd", "ohem", "random"] = "all"
+    #: ``null``: ``ssd`` for softmax heads, ``all`` for sigmoid (focal) heads.
+    type: Literal["all", "ssd", "ohem", "random"] | None = None
     ssd: SSDMinerConfig = field(default_factory=SSDMinerConfig)
     ohem: OHEMMinerConfig = field(default_factory=OHEMMinerConfig)
     random: RandomMinerConfig = field(default_factory=RandomMinerConfig)
 
     def options(self) -> dict[str, Any]:
-        """Keyword options of ``build_miner(self.type, **options)`` for the chosen miner."""
-        section = getattr(self, self.type, None)
-        return dataclasses.asdict(section) if section is not None else {}
+        """Keyword options of ``build_miner(self.type, **options)`` for the chosen miner
+        (unset ones left out, so the miner's defaults apply)."""
+        section = getattr(self, self.type, None) if self.type else None
+        if section is None:
+            return {}
+        return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
 
 
 @dataclass
@@ -248,11 +265,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
         raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{extra}")
     if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
+        options = typing.get_args(tp)
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
+        literals = [o for o in options if typing.get_origin(o) is Literal]
+        if literals and isinstance(value, str):  # name the choices and the closest one
+            choices = [str(c) for c in typing.get_args(literals[0])]
+            hint = difflib.get_close_matches(value, choices, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{extra}")
         raise _type_error(key, tp, value)
     if origin is list:
         if not isinstance(value, (list, tuple)):

@@ -38,12 +38,7 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.model.name == "ssdlite_tiny" and cfg.model.options == {"width": 16, "pretrained": False}
     assert cfg.train.lr == 1e-3 and cfg.train.max_iters == 100 and cfg.train.steps == [10.0, 20.0]
     assert cfg.mining.type == "ohem" and cfg.mining.ssd.min_negatives == 8
-    assert cfg.mining.options() == {
-        "batch_size_per_image": 128,
-        "nms_iou": 0.5,
-        "pos_fraction": None,
-        "pre_nms_topk": 2000,
-    }
+    assert cfg.mining.options() == {"nms_iou": 0.5}  # unset options: the miner's defaults
     assert cfg.data.train_split == "2017" and cfg.model.weights is None
     assert isinstance(cfg.train.momentum, float)
 

@@ -164,6 +164,9 @@ def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
     from detmine.criterion import build_criterion
 
     mining = {"type": cfg.mining.type, **cfg.mining.options()}
+    if cfg.mining.type is None:
+        default = "ssd" if model.cls_activation == "softmax" else "all"
+        mining = {"type": default, **dataclasses.replace(cfg.mining, type=default).options()}
     return build_criterion(
         model.cls_activation,
         model.box_coder,
