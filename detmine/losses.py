@@ -45,8 +45,11 @@ def _rows_with_gradient(grad_out: Tensor) -> tuple[Tensor, Tensor] | None:
 
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """Per-anchor softmax CE; saves only the logits and ``logsumexp`` ``[B, A]``;
-    backward touches only the anchors with a non-zero incoming gradient."""
+    """Per-anchor softmax CE. Backward recomputes the softmax from the logits and the
+    saved ``logsumexp [B, A]``, only for the anchors with a non-zero incoming gradient
+    (with a miner, a few percent of them); the gradient is written into the forward's
+    log-probability buffer (zeroed) instead of a fresh ``[B, A, K + 1]`` allocation,
+    whose page faults cost as much as the softmax itself on the CPU."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
@@ -56,29 +59,35 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         loss = log_prob.gather(-1, target).squeeze(-1).neg_()
         # logsumexp = x_target - log p_target: no second pass over the logits
         lse = logits.gather(-1, target).squeeze(-1).add_(loss)
-        del log_prob
         if weight is not None:
             loss.mul_(weight[target.squeeze(-1)])
         loss.masked_fill_(~valid, 0.0)
         ctx.save_for_backward(logits, labels, lse, weight)
+        ctx.buffer = log_prob  # reused as the gradient (first backward only)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, labels, lse, weight = ctx.saved_tensors
+        buffer, ctx.buffer = ctx.buffer, None  # a retained graph's second backward allocates anew
         scale = grad_out.masked_fill(labels < 0, 0.0)
         if weight is not None:
             scale = scale * weight[labels.clamp(min=0)]
         rows = _rows_with_gradient(scale)
         if rows is None:  # dense: softmax * g, minus g at the target column
-            grad = torch.exp(logits - lse.unsqueeze(-1)).mul_(scale.unsqueeze(-1))
+            grad = (
+                torch.sub(logits, lse.unsqueeze(-1), out=buffer)
+                if buffer is not None
+                else logits - lse.unsqueeze(-1)
+            )
+            grad.exp_().mul_(scale.unsqueeze(-1))
             grad.scatter_add_(-1, labels.clamp(min=0).unsqueeze(-1), -scale.unsqueeze(-1))
             return grad, None, None
         b, a = rows
         g = scale[b, a].unsqueeze(-1)
         sub = torch.exp(logits[b, a] - lse[b, a].unsqueeze(-1)).mul_(g)
         sub.scatter_add_(-1, labels[b, a].unsqueeze(-1), -g)
-        grad = torch.zeros_like(logits)
+        grad = buffer.zero_() if buffer is not None else torch.zeros_like(logits)
         grad[b, a] = sub
         return grad, None, None
 
