@@ -55,7 +55,7 @@ def prepare_data(cfg: Config) -> None:
     if cfg.data.kind == "synthetic":
         from detmine.data.synthetic import ensure_synthetic
 
-        ensure_synthetic(cfg.data.root)
+        ensure_synthetic(cfg.data.root, progress=dist.is_main_process(), **cfg.data.synthetic)
 
 
 def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:

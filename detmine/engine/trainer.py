@@ -50,9 +50,10 @@ class DataStream:
     """Endless batches from an epoch-based loader, remembering where it is.
 
     ``epoch`` and ``batch_in_epoch`` (batches of the current epoch already handed out) are
-    the resume position. The sampler must be seeded (``set_epoch`` picks the permutation).
-    When it offers ``state_dict``/``load_state_dict`` the position is restored there; otherwise
-    :meth:`fast_forward` drains the already consumed batches.
+    the resume position. A resumable loader (``set_epoch``/``state_dict``/``load_state_dict``,
+    like :func:`detmine.data.loader.build_dataloader`'s) restores its own position without
+    loading anything; for other loaders the sampler must be seeded (``set_epoch`` picks the
+    permutation) and :meth:`fast_forward` drains the batches already consumed.
     """
 
     def __init__(self, loader: Any) -> None:
@@ -60,8 +61,15 @@ class DataStream:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._iter: Iterator | None = None
+        self._restored_by_loader = False
 
-    def _sampler(self) -> Any:
+    def _resumable(self) -> bool:
+        return all(hasattr(self.loader, a) for a in ("set_epoch", "state_dict", "load_state_dict"))
+
+    def _set_epoch(self) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+            return
         batch_sampler = getattr(self.loader, "batch_sampler", None)
         for s in (
             getattr(self.loader, "sampler", None),
@@ -69,26 +77,33 @@ class DataStream:
             batch_sampler,
         ):
             if s is not None and hasattr(s, "set_epoch"):
-                return s
-        return None
+                s.set_epoch(self.epoch)
+                return
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        if self._resumable():
+            state["loader"] = self.loader.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self._iter = None
+        self._restored_by_loader = self._resumable() and "loader" in state
+        if self._restored_by_loader:
+            self.loader.load_state_dict(state["loader"])
 
     def _start_epoch(self) -> None:
-        sampler = self._sampler()
-        if sampler is not None:
-            sampler.set_epoch(self.epoch)
+        self._set_epoch()
         self._iter = iter(self.loader)
 
     def fast_forward(self) -> None:
-        """Open the current epoch and skip the batches it already handed out."""
+        """Open the current epoch at the resume position (draining consumed batches when the
+        loader cannot restore its position itself)."""
         self._start_epoch()
+        if self._restored_by_loader:
+            return
         for _ in range(self.batch_in_epoch):
             if next(self._iter, None) is None:
                 break

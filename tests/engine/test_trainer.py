@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from detmine.config import config_from_dict
+from detmine.config import config_from_dict, save_config
 from detmine.engine.checkpoint import load_checkpoint
 from detmine.engine.trainer import Trainer, seed_everything
 from detmine.errors import NonFiniteError
@@ -142,3 +146,130 @@ def test_epochs_convert_to_iterations(fakes, tmp_path):
     trainer = make_trainer(fakes, cfg)
     assert trainer.max_iters == 6  # 12 images / batch 4 = 3 per epoch
     assert trainer.scheduler.factor(2) == 1.0 and trainer.scheduler.factor(3) == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- real parts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def real_config(tmp_path, data_root, *overrides):
+    from detmine.config import load_config
+
+    return load_config(
+        None,
+        [
+            "data.kind=synthetic",
+            f"data.root={data_root}",
+            "data.synthetic={num_train: 8, num_val: 4, size: 64, seed: 0}",
+            "data.image_size=64",
+            "data.train_transform=eval",  # deterministic pixels: the resume check is exact
+            "data.num_workers=0",
+            "model.name=retinanet_tiny_fpn",
+            "model.options={image_size: 64, widths: [8, 8, 16, 16, 32], fpn_channels: 16, head_convs: 1}",
+            "train.max_iters=5",
+            "train.batch_size=4",
+            "train.optimizer=adamw",
+            "train.lr=0.001",
+            "train.warmup_iters=2",
+            "train.checkpoint_period=2",
+            "train.log_period=1",
+            "eval.batch_size=4",
+            f"output_dir={tmp_path}",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from detmine.data.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic(root, num_train=8, num_val=4, size=64, seed=0, workers=0, progress=False)
+    return root
+
+
+def real_trainer(cfg, criterion_wrapper=None):
+    from detmine.engine import builders
+
+    seed_everything(cfg.train.seed)
+    train_set, val_set = builders.build_datasets(cfg)
+    model = builders.build_model_from_config(cfg, train_set.num_classes)
+    criterion = builders.build_criterion_from_config(cfg, model)
+    if criterion_wrapper is not None:
+        criterion = criterion_wrapper(criterion)
+    return Trainer(
+        cfg,
+        model=model,
+        criterion=criterion,
+        train_loader=builders.build_train_loader(cfg, train_set),
+        val_loader=builders.build_val_loader(cfg, val_set),
+        val_dataset=val_set,
+        class_names=list(train_set.class_names),
+    )
+
+
+class CrashAt:
+    def __init__(self, criterion, at):
+        self.inner, self.at, self.calls = criterion, at, 0
+
+    def to(self, device):
+        self.inner = self.inner.to(device)
+        return self
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Interrupt
+        return self.inner(*args)
+
+
+def test_real_pipeline_resume_matches_uninterrupted(tmp_path, synthetic_root):
+    full = real_trainer(real_config(tmp_path / "a", synthetic_root, "mining.type=random"))
+    result = full.train()
+    assert result is not None and set(result.stats) >= {"AP", "AP50"}
+
+    crashing = real_trainer(
+        real_config(tmp_path / "b", synthetic_root, "mining.type=random"), lambda c: CrashAt(c, 4)
+    )
+    with pytest.raises(Interrupt):
+        crashing.train()
+    resumed = real_trainer(
+        real_config(tmp_path / "b", synthetic_root, "mining.type=random", "train.resume=true")
+    )
+    resumed.train()
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, atol=1e-6, rtol=0, msg=k)
+
+
+def run_cli(*args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train.py"), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_bad_key_is_one_line_exit_2():
+    proc = run_cli(ROOT / "configs" / "quickstart.yaml", "train.lr_shedule=0.1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(
+        "error: unknown config key 'train.lr_shedule'; did you mean 'train.lr_schedule'?"
+    )
+
+
+def test_cli_trains_and_prints_the_coco_table(tmp_path, synthetic_root):
+    cfg = real_config(tmp_path / "unused", synthetic_root)
+    recipe = tmp_path / "tiny.yaml"
+    save_config(cfg, recipe)
+    proc = run_cli(recipe, "train.max_iters=2", "--output-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Average Precision" in proc.stdout and "AP50" in proc.stdout
+    assert (tmp_path / "run" / "model_0000002.pth").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
