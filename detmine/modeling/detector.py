@@ -175,6 +175,8 @@ class DenseDetector(nn.Module):
         """
         logits, deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
         batch, num_anchors = logits.shape[:2]
+        if batch == 0:
+            return []
         device = logits.device
         if level_counts is None or sum(level_counts) != num_anchors:
             level_counts = [num_anchors]

@@ -22,8 +22,12 @@ from detmine.modeling.backbones import normal_init, xavier_init
 
 def flatten_level(x: Tensor, columns: int) -> Tensor:
     """``[B, A_loc * columns, H, W] -> [B, H * W * A_loc, columns]`` (y, x, anchor type order)."""
-    b, _, h, w = x.shape
-    return x.view(b, -1, columns, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, columns)
+    b, c, h, w = x.shape
+    return (
+        x.view(b, c // columns, columns, h, w)
+        .permute(0, 3, 4, 1, 2)
+        .reshape(b, h * w * (c // columns), columns)
+    )
 
 
 class _PerLevelHead(nn.Module):

@@ -222,3 +222,34 @@ def test_build_model_errors_name_the_valid_choices():
     assert "weights" in model_options("ssd300_vgg16")
     model = build_model("retinanet_tiny_fpn", 3, fpn_channels=32, head_convs=1, group_norm=True)
     assert len(model.head.cls_tower) == 1
+
+
+def test_boxes_outside_the_image_and_huge_deltas_are_clipped_per_image():
+    model, anchors, logits, deltas = _with_head("retinanet_tiny_fpn", 2, 64, -20.0, batch=2)
+    logits[:, 0, 0] = 5.0  # the top-left anchor crosses the border
+    logits[:, -1, 1] = 5.0  # the largest anchor covers far more than the image
+    deltas[:, -1] = torch.tensor([3.0, -3.0, 50.0, 50.0])  # wild prediction: dw, dh clamped by the coder
+    dets = model.predict(_images(2, 64), input_sizes=[(64, 64), (40, 30)])
+    for det, (h, w) in zip(dets, [(64, 64), (40, 30)], strict=True):
+        assert len(det["boxes"]) == 2 and torch.isfinite(det["boxes"]).all()
+        assert (det["boxes"] >= 0).all()
+        assert (det["boxes"][:, 0::2] <= w).all() and (det["boxes"][:, 1::2] <= h).all()
+    torch.testing.assert_close(
+        dets[1]["boxes"][dets[1]["labels"] == 2], torch.tensor([[0.0, 0.0, 30.0, 40.0]])
+    )
+
+
+def test_single_anchor_small_and_non_square_inputs():
+    model = build_model("retinanet_tiny_fpn", 2).eval()
+    out = model(_images(1, 32))  # P5..P7 are 1x1 maps
+    assert out.anchors.shape[0] == 4 * 4 * 9 + 2 * 2 * 9 + 3 * 9
+    out = model(torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8))
+    assert out.cls_logits.shape[1] == out.anchors.shape[0]
+    single = HeadOutputs(
+        cls_logits=torch.tensor([[[4.0, -4.0]]]),
+        box_deltas=torch.zeros(1, 1, 4),
+        anchors=torch.tensor([[8.0, 8, 24, 40]]),
+    )
+    (det,) = model.postprocess(single, image_shape=(32, 32))
+    assert det["labels"].tolist() == [1] and det["boxes"].tolist() == [[8.0, 8.0, 24.0, 32.0]]
+    assert model.predict(_images(0, 64)) == []
