@@ -4,14 +4,19 @@ Classification losses return one value per anchor, ``[B, A]``, so a miner can
 rank anchors and the criterion can sum whichever it selects. Ignored anchors
 (label ``-1``) get loss 0 and no gradient.
 
-The sigmoid losses (focal, alpha-balanced CE) are custom autograd functions
-with analytic gradients. They never build the ``[B, A, K]`` one-hot target
-tensor: the loss of a negative column (target 0) is computed densely,
-``(1 - alpha) * p**gamma * softplus(x)``, and only the one positive column per
-foreground anchor is replaced by ``alpha * (1 - p)**gamma * softplus(-x)``.
-Only the logits are saved for backward; everything else is recomputed. Values
-and gradients equal ``torchvision.ops.sigmoid_focal_loss`` on one-hot targets
-(to float32 rounding; tested).
+Both are custom autograd functions with analytic gradients, equal to the
+reference (``F.cross_entropy``; ``torchvision.ops.sigmoid_focal_loss`` on one-hot
+targets) in values and gradients to float32 rounding (tested):
+
+- softmax CE keeps no ``[B, A, K + 1]`` log-probabilities for backward and
+  computes the softmax gradient only for the anchors the miner selected;
+- the sigmoid losses (focal, alpha-balanced CE) never build the one-hot target
+  tensor: the loss of a negative column (target 0) is computed densely,
+  ``(1 - alpha) * p**gamma * softplus(x)``, and only the one positive column per
+  foreground anchor is replaced by ``alpha * (1 - p)**gamma * softplus(-x)``; the
+  gradient is produced in the same pass, sharing ``sigmoid`` / ``softplus``.
+
+bench/loss_side.py measures the effect against torchvision's loss code.
 """
 
 from __future__ import annotations
@@ -119,9 +124,10 @@ def sigmoid_focal_loss(
 ) -> Tensor:
     """Sigmoid focal loss with ``torchvision.ops.sigmoid_focal_loss``'s signature and values.
 
-    This is torchvision's composite implementation (bench/loss_side.py measured no
-    useful gain for a fused elementwise version on arbitrary targets); the
-    detection path uses :func:`focal_loss_per_anchor`, which is where the saving is.
+    This is torchvision's composite implementation, re-exported so that there is one
+    name for it in the package (arbitrary, possibly soft, targets). The detection
+    path uses :func:`focal_loss_per_anchor`, the fused version specialised to one-hot
+    targets built from labels, which is where the time and memory go.
     """
     return _tv_sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction)
 
@@ -152,23 +158,6 @@ def _column_weights(
     return w_neg.contiguous(), w_pos.contiguous()
 
 
-def _negative_term(x: Tensor, gamma: float) -> Tensor:
-    """``p**gamma * softplus(x)``: focal loss of a logit whose target is 0."""
-    out = F.softplus(x)
-    if gamma != 0:
-        out.mul_(torch.sigmoid(x).pow_(gamma))
-    return out
-
-
-def _negative_grad(x: Tensor, gamma: float) -> Tensor:
-    """d/dx of :func:`_negative_term`: ``p**gamma * (gamma * (1 - p) * softplus(x) + p)``."""
-    p = torch.sigmoid(x)
-    if gamma == 0:
-        return p
-    g = torch.rsub(p, 1.0).mul_(F.softplus(x)).mul_(gamma).add_(p)
-    return g.mul_(p.pow_(gamma))
-
-
 def _positive_term(x: Tensor, gamma: float) -> Tensor:
     """``(1 - p)**gamma * softplus(-x)``: focal loss of a logit whose target is 1."""
     out = F.softplus(-x)
@@ -185,25 +174,50 @@ def _positive_grad(x: Tensor, gamma: float) -> Tensor:
     return -(q.pow(gamma) * (gamma * (1.0 - q) * F.softplus(-x) + q))
 
 
-def _focal_grad(x: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float) -> Tensor:
-    """``d loss / d x`` for rows ``x [R, K]`` with labels ``[R]`` (unscaled by the incoming gradient)."""
-    grad = _negative_grad(x, gamma).mul_(w_neg)
-    rows = (labels > 0).nonzero(as_tuple=True)[0]
-    cols = labels[rows] - 1
-    grad[rows, cols] = _positive_grad(x[rows, cols], gamma) * w_pos[cols]
-    return grad
+def _focal_forward(
+    logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-anchor focal loss ``[B, A]`` and, if ``need_grad``, ``d loss / d logits``.
+
+    Three ``[B, A, K]`` buffers in all (each fresh one costs page faults on the CPU)::
+
+        p = sigmoid(x);  loss = w * p^g * softplus(x)         (in the softplus buffer)
+        grad = w * p^(g+1) + g * (1 - p) * loss               (in the p^g buffer)
+
+    then the one positive column per foreground anchor is overwritten.
+    """
+    p = torch.sigmoid(logits)
+    loss = F.softplus(logits)
+    p_gamma = None if gamma == 0 else (p * p if gamma == 2 else p.pow(gamma))
+    if p_gamma is not None:
+        loss.mul_(p_gamma)
+    loss.mul_(w_neg)
+    grad = None
+    if need_grad:
+        if p_gamma is None:
+            grad = p.mul_(w_neg)
+        else:
+            grad = p_gamma.mul_(p).mul_(w_neg).add_(loss, alpha=gamma).addcmul_(p, loss, value=-gamma)
+    pos_b, pos_a = (labels > 0).nonzero(as_tuple=True)
+    pos_c = labels[pos_b, pos_a] - 1
+    x_pos = logits[pos_b, pos_a, pos_c]
+    loss[pos_b, pos_a, pos_c] = _positive_term(x_pos, gamma) * w_pos[pos_c]
+    out = loss.sum(dim=-1)
+    out.masked_fill_(labels < 0, 0.0)
+    if grad is not None:
+        grad[pos_b, pos_a, pos_c] = _positive_grad(x_pos, gamma) * w_pos[pos_c]
+    return out, grad
 
 
 class _PerAnchorSigmoidFocal(torch.autograd.Function):
+    """Forward computes the loss and, when the logits need a gradient, the full
+    ``d loss / d x`` in the same pass (sharing ``sigmoid`` and ``softplus``, the
+    expensive parts); backward only scales it, in place. A second backward through
+    a retained graph recomputes it the same way (so results are reproducible)."""
+
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float) -> Tensor:
-        loss = _negative_term(logits, gamma).mul_(w_neg)
-        pos_b, pos_a = (labels > 0).nonzero(as_tuple=True)
-        pos_c = labels[pos_b, pos_a] - 1
-        x_pos = logits[pos_b, pos_a, pos_c]
-        loss[pos_b, pos_a, pos_c] = _positive_term(x_pos, gamma) * w_pos[pos_c]
-        out = loss.sum(dim=-1)
-        out.masked_fill_(labels < 0, 0.0)
+        out, ctx.grad = _focal_forward(logits, labels, w_neg, w_pos, gamma, ctx.needs_input_grad[0])
         ctx.save_for_backward(logits, labels, w_neg, w_pos)
         ctx.gamma = gamma
         return out
@@ -211,17 +225,11 @@ class _PerAnchorSigmoidFocal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, labels, w_neg, w_pos = ctx.saved_tensors
-        scale = grad_out.masked_fill(labels < 0, 0.0)
-        rows = _rows_with_gradient(scale)
-        num_classes = logits.shape[-1]
-        if rows is None:
-            grad = _focal_grad(logits.reshape(-1, num_classes), labels.reshape(-1), w_neg, w_pos, ctx.gamma)
-            return grad.view_as(logits).mul_(scale.unsqueeze(-1)), None, None, None, None
-        b, a = rows
-        sub = _focal_grad(logits[b, a], labels[b, a], w_neg, w_pos, ctx.gamma).mul_(scale[b, a].unsqueeze(-1))
-        grad = torch.zeros_like(logits)
-        grad[b, a] = sub
-        return grad, None, None, None, None
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # second backward of a retained graph
+            _, grad = _focal_forward(logits, labels, w_neg, w_pos, ctx.gamma, True)
+        scale = grad_out.masked_fill(labels < 0, 0.0).unsqueeze(-1)
+        return grad.mul_(scale), None, None, None, None
 
 
 def focal_loss_per_anchor(
