@@ -156,7 +156,7 @@ class MobileNetV3SSDLite(nn.Module):
         self.features = nn.ModuleList(
             [
                 nn.Sequential(*features[:c4_pos], expand),
-                nn.Sequential(*features[c4_pos].block[1:], *features[c4_pos + 1 :]),
+                nn.Sequential(features[c4_pos].block[1:], *features[c4_pos + 1 :]),
             ]
         )
         self.out_channels = [expand.out_channels, features[-1].out_channels]

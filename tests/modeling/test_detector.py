@@ -69,7 +69,6 @@ def test_architectures_match_torchvision_parameter_counts():
             tvd.ssdlite320_mobilenet_v3_large(weights_backbone=None),
         ),
         (build_model("retinanet_resnet50_fpn", 91), tvd.retinanet_resnet50_fpn(weights_backbone=None)),
-        (build_model("ssd300_vgg16", 90), tvd.ssd300_vgg16(weights_backbone=None)),
     ]
     for ours, ref in pairs:
         assert count(ours) == count(ref)
@@ -253,3 +252,59 @@ def test_single_anchor_small_and_non_square_inputs():
     (det,) = model.postprocess(single, image_shape=(32, 32))
     assert det["labels"].tolist() == [1] and det["boxes"].tolist() == [[8.0, 8.0, 24.0, 32.0]]
     assert model.predict(_images(0, 64)) == []
+
+
+_RENAMES = {
+    "retinanet_resnet50_fpn": [
+        ("neck.fpn.", "backbone.fpn."),
+        ("head.cls_tower.", "head.classification_head.conv."),
+        ("head.reg_tower.", "head.regression_head.conv."),
+        ("head.cls_logits.", "head.classification_head.cls_logits."),
+        ("head.box_deltas.", "head.regression_head.bbox_reg."),
+    ],
+    "ssd300_vgg16": [
+        ("backbone.conv4_3.", "backbone.features."),
+        ("backbone.l2norm.weight", "backbone.scale_weight"),
+        ("backbone.fc7.", "backbone.extra.0."),
+        ("neck.extra.0.", "backbone.extra.1."),
+        ("neck.extra.1.", "backbone.extra.2."),
+        ("neck.extra.2.", "backbone.extra.3."),
+        ("neck.extra.3.", "backbone.extra.4."),
+        ("head.cls.", "head.classification_head.module_list."),
+        ("head.reg.", "head.regression_head.module_list."),
+    ],
+    "ssdlite320_mobilenet_v3": [
+        ("neck.extra.", "backbone.extra."),
+        ("head.cls.", "head.classification_head.module_list."),
+        ("head.reg.", "head.regression_head.module_list."),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "name, reference, num_classes",
+    [
+        ("retinanet_resnet50_fpn", lambda: tvd.retinanet_resnet50_fpn(weights_backbone=None), 91),
+        ("ssdlite320_mobilenet_v3", lambda: tvd.ssdlite320_mobilenet_v3_large(weights_backbone=None), 90),
+        ("ssd300_vgg16", lambda: tvd.ssd300_vgg16(weights_backbone=None), 90),
+    ],
+)
+def test_forward_equals_torchvision_with_the_same_weights(name, reference, num_classes):
+    torch.manual_seed(0)
+    ours, ref = build_model(name, num_classes).eval(), reference().eval()
+    ref_state = ref.state_dict()
+
+    def ref_key(key):
+        for mine, theirs in _RENAMES[name]:
+            if key.startswith(mine):
+                return theirs + key[len(mine) :]
+        return key
+
+    ours.load_state_dict({k: ref_state[ref_key(k)] for k in ours.state_dict()})
+    images = _images(1, 300) if name == "ssd300_vgg16" else _images(2, 128)
+    with torch.no_grad():
+        out = ours(images)
+        features = list(ref.backbone(ours.normalize(images)).values())
+        head = ref.head(features)
+    torch.testing.assert_close(out.cls_logits, head["cls_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.box_deltas, head["bbox_regression"], atol=1e-4, rtol=1e-4)
