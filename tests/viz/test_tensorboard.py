@@ -289,3 +289,58 @@ def test_pr_grid_draws_each_class_curve():
     ys = np.where(curve_blue.any(axis=1))[0]
     assert ys.min() <= 23 and ys.max() <= 26  # a flat line at precision 1.0 (top of the plot area)
     assert grid[180:, 220:].min() == 255  # the unused 4th cell stays white
+
+
+def test_trainer_logs_mining_and_evaluation_end_to_end(tmp_path):
+    """The real trainer, tiny model, criterion and synthetic data: the hook's tags show up at
+    the period's iterations, and the final evaluation writes the PR grid and the table."""
+    from detmine.config import load_config
+    from detmine.data.synthetic import ensure_synthetic
+    from detmine.engine import builders
+    from detmine.engine.trainer import Trainer
+
+    data = ensure_synthetic(tmp_path / "syn", num_train=4, num_val=2, size=64, workers=1, progress=False)
+    cfg = load_config(
+        None,
+        [
+            "data.kind=coco",
+            f"data.root={data}",
+            "data.image_size=64",
+            "data.num_workers=0",
+            "data.train_transform=eval",
+            "model.name=ssdlite_tiny",
+            "model.options={image_size: 64, widths: [8, 8, 16, 16, 32], extra_channels: [16]}",
+            "model.options.anchor_scales=[0.1, 0.3, 0.5, 0.7, 0.9]",
+            "mining.type=ssd",
+            "train.max_iters=4",
+            "train.batch_size=2",
+            "train.warmup_iters=1",
+            "train.device=cpu",
+            "train.checkpoint_period=100",
+            "eval.batch_size=2",
+            "vis.period=2",
+            "vis.num_images=1",
+            "vis.top_k=5",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    train_ds, val_ds = builders.build_datasets(cfg)
+    model = builders.build_model_from_config(cfg, train_ds.num_classes)
+    Trainer(
+        cfg,
+        model=model,
+        criterion=builders.build_criterion_from_config(cfg, model),
+        train_loader=builders.build_train_loader(cfg, train_ds),
+        val_loader=builders.build_val_loader(cfg, val_ds),
+        val_dataset=val_ds,
+        class_names=train_ds.class_names,
+    ).train()
+    ea = _read(tmp_path / "run")
+    tags = ea.Tags()
+    assert [e.step for e in ea.Images("mining/images/0")] == [0, 2]
+    assert "mining/images/1" not in tags["images"]
+    assert {"mining/hist/neg_loss_all", "mining/hist/fg_score"} <= set(tags["histograms"])
+    for e in ea.Scalars("mining/neg_selected_per_image"):  # SSD: 3 negatives per positive
+        assert e.value == pytest.approx(3 * ea.Scalars("mining/pos_per_image")[[0, 2].index(e.step)].value)
+    assert "eval/pr_curve_iou50" in tags["images"]
+    assert "eval/coco_table/text_summary" in tags["tensors"]
