@@ -2,8 +2,8 @@
 """Show what the miner picks and which background the model mistakes for objects.
 
     python tools/visualize_negatives.py CONFIG CHECKPOINT [--split val] [--num-images 16]
-        [--gallery-images 0] [--gallery-size 64] [--score-thresh 0.3] [--weights auto|ema|model]
-        [--out-dir DIR] [--logdir DIR] [key=value ...]
+        [--gallery-images 0] [--gallery-size 64] [--score-thresh 0.3] [--class-aware]
+        [--weights auto|ema|model] [--out-dir DIR] [--logdir DIR] [key=value ...]
 
 Runs the model and the criterion of the recipe over images of a split without training
 (no gradients, evaluation transform) and writes to ``--out-dir`` (default
@@ -14,8 +14,9 @@ Runs the model and the criterion of the recipe over images of a split without tr
   ignored anchors, legend;
 - ``gallery.png`` + ``gallery.json``: the ``--gallery-size`` highest-scoring false
   positives over the first ``--gallery-images`` images (0 = the whole split) -- predictions
-  that overlap no ground-truth box at IoU >= 0.5 and lie on no ignore region, cropped,
-  sorted by score, captioned with class, score and image id. This is where missing labels
+  that overlap no ground-truth box (of any class; with ``--class-aware`` of their own class)
+  at IoU >= 0.5 and lie on no ignore region, cropped, sorted by score, captioned with class,
+  score and image id. This is where missing labels
   and confusing background show up.
 
 With ``--logdir`` the same pictures go to TensorBoard (``negatives/<n>``,
@@ -50,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="images searched for false positives (0: the whole split)",
     )
     parser.add_argument("--gallery-size", type=int, default=64, help="false positives in the gallery")
+    parser.add_argument(
+        "--class-aware",
+        action="store_true",
+        help="a prediction on a GT box of another class is a false positive too (default: background only)",
+    )
     parser.add_argument("--score-thresh", type=float, default=0.3, help="lowest prediction score considered")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument(
@@ -109,11 +115,11 @@ def write_png(path: Path, image_rgb: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detmine.data.loader import build_dataloader
     from torch.utils.data import Subset
     from tqdm import tqdm
 
     from detmine.config import load_config
+    from detmine.data.loader import build_dataloader
     from detmine.engine import builders
     from detmine.engine.checkpoint import load_checkpoint
     from detmine.engine.trainer import targets_to
@@ -157,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         writer = SummaryWriter(log_dir=args.logdir)
     stats_logger = MiningVisualizer(writer, period=1, num_images=0, class_names=dataset.class_names,
                                     cls_activation=model.cls_activation)  # fmt: skip
-    gallery = HardNegativeGallery(args.gallery_size, class_names=dataset.class_names)
+    gallery = HardNegativeGallery(
+        args.gallery_size, class_names=dataset.class_names, class_aware=args.class_aware
+    )
 
     seen = drawn = 0
     progress = tqdm(total=n_total, desc="negatives", unit="img", disable=args.no_progress, dynamic_ncols=True)
