@@ -50,6 +50,8 @@ class DataConfig:
     transform_options: dict[str, Any] = field(default_factory=dict)
     #: extra keyword options of the dataset class chosen by ``kind`` (e.g. VOC ``years``).
     options: dict[str, Any] = field(default_factory=dict)
+    #: options for the validation split only, merged over ``options`` (e.g. VOC ``years: ["2007"]``).
+    val_options: dict[str, Any] = field(default_factory=dict)
     #: generator options of ``ensure_synthetic`` (num_train, num_val, size, seed) for kind=synthetic.
     synthetic: dict[str, Any] = field(default_factory=dict)
     on_bad_image: Literal["skip", "error"] = "skip"

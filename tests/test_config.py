@@ -99,3 +99,18 @@ def test_shipped_recipes_load():
     configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
     for path in configs:
         load_config(path)
+
+
+def test_shipped_recipes_build_their_model_options():
+    """Every recipe's model name and options are valid for its builder (no model is built)."""
+    from pathlib import Path
+
+    from detmine import modeling
+    from detmine.engine.builders import check_options
+
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.name in modeling.MODELS, path
+        check_options(
+            modeling.MODELS[cfg.model.name], cfg.model.options, "model.options", skip=("num_classes",)
+        )

@@ -68,7 +68,8 @@ def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
     t_opts = dict(d.transform_options) if train else {}
     check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
     transform = build_transforms(preset, d.image_size, **t_opts)
-    return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **d.options)
+    options = dict(d.options) if train else {**d.options, **d.val_options}
+    return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **options)
 
 
 def build_datasets(cfg: Config) -> tuple[Any, Any]:
