@@ -167,7 +167,8 @@ class DenseDetector(nn.Module):
             input_sizes: ``(h, w)`` per image before padding (default ``image_shape``).
             orig_sizes: ``(h, w)`` per image on disk (default ``input_sizes``); boxes are scaled
                 by ``orig / input`` per axis.
-            level_counts: anchors per pyramid level (default: one level with all anchors).
+            level_counts: anchors per pyramid level; default: those of the last forward when they
+                add up to ``A``, else all anchors as one level (top-k over the whole image).
 
         Returns:
             One ``Detections`` per image: ``boxes [D, 4]`` float32 xyxy in original pixels,
@@ -178,7 +179,9 @@ class DenseDetector(nn.Module):
         if batch == 0:
             return []
         device = logits.device
-        if level_counts is None or sum(level_counts) != num_anchors:
+        if level_counts is None:
+            level_counts = self.last_level_counts
+        if sum(level_counts) != num_anchors:
             level_counts = [num_anchors]
         if self.cls_activation == "softmax":
             scores = logits.float().softmax(dim=-1)[..., 1:]
