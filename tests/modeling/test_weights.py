@@ -105,3 +105,15 @@ def test_tiny_backbone_round_trip(tmp_path):
         load_backbone_weights(
             build_model("ssdlite_tiny", 2, widths=(8, 16, 32, 64, 128)).backbone, path, name="tiny backbone"
         )
+
+
+def test_vgg16_features_file_loads_into_the_atrous_backbone(tmp_path):
+    from detmine.modeling.backbones import VGG16Atrous
+
+    torch.manual_seed(2)
+    features = torchvision.models.vgg16(weights=None).features.state_dict()
+    path = tmp_path / "vgg16-features.pth"
+    torch.save({f"features.{k}": v for k, v in features.items()}, path)  # no classifier keys: allowed
+    backbone = VGG16Atrous(weights=path)
+    torch.testing.assert_close(backbone.conv4_3[0].weight, features["0.weight"])
+    torch.testing.assert_close(backbone.fc7[1].weight, features["24.weight"])  # conv5_1 after pool4
