@@ -6,22 +6,27 @@ best_metric``. Writing goes to a temporary file in the same folder, is flushed a
 fsync'ed, then ``os.replace``'d over the destination, so a crash at any moment leaves
 either the old file or the new one -- never half of one. The ``latest`` pointer (a text
 file naming the newest checkpoint) is replaced the same way.
+
+Also here: what else a resume needs -- the random generators' states (:func:`rng_state`) and
+the position in the training data (:class:`DataStream`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from detmine.errors import CheckpointError
+from detmine.errors import CheckpointError, DataError
 
 LATEST_POINTER = "latest"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
@@ -150,3 +155,107 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# ----------------------------------------------------------------------------- resume position
+
+
+class DataStream:
+    """Endless batches from an epoch-based loader, remembering where it is.
+
+    ``epoch`` and ``batch_in_epoch`` (batches of the current epoch already handed out) are
+    the resume position. A resumable loader (``set_epoch``/``state_dict``/``load_state_dict``,
+    like :func:`detmine.data.loader.build_dataloader`'s) restores its own position without
+    loading anything; for other loaders the sampler must be seeded (``set_epoch`` picks the
+    permutation) and :meth:`fast_forward` drains the batches already consumed.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._iter: Iterator | None = None
+        self._restored_by_loader = False
+
+    def _resumable(self) -> bool:
+        return all(hasattr(self.loader, a) for a in ("set_epoch", "state_dict", "load_state_dict"))
+
+    def _set_epoch(self) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+            return
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        for s in (
+            getattr(self.loader, "sampler", None),
+            getattr(batch_sampler, "sampler", None),
+            batch_sampler,
+        ):
+            if s is not None and hasattr(s, "set_epoch"):
+                s.set_epoch(self.epoch)
+                return
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        if self._resumable():
+            state["loader"] = self.loader.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._iter = None
+        self._restored_by_loader = self._resumable() and "loader" in state
+        if self._restored_by_loader:
+            self.loader.load_state_dict(state["loader"])
+
+    def _start_epoch(self) -> None:
+        self._set_epoch()
+        self._iter = iter(self.loader)
+
+    def fast_forward(self) -> None:
+        """Open the current epoch at the resume position (draining consumed batches when the
+        loader cannot restore its position itself)."""
+        self._start_epoch()
+        if self._restored_by_loader:
+            return
+        for _ in range(self.batch_in_epoch):
+            if next(self._iter, None) is None:
+                break
+
+    def __next__(self) -> Any:
+        empty_epochs = 0
+        while True:
+            if self._iter is None:
+                self._start_epoch()
+            batch = next(self._iter, None)
+            if batch is not None:
+                self.batch_in_epoch += 1
+                return batch
+            empty_epochs = empty_epochs + 1 if self.batch_in_epoch == 0 else 0
+            if empty_epochs > 1:
+                raise DataError(
+                    "the training loader yields no batches (dataset smaller than train.batch_size?)"
+                )
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._iter = None
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block (evaluation) without disturbing the training random streams."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Call before building the model; each
+    rank adds its rank so data augmentation differs across processes (DDP broadcasts rank
+    0's initial weights anyway)."""
+    seed = seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,19 @@ from tqdm import tqdm
 
 from detmine.config import Config, config_to_dict, save_config
 from detmine.engine import distributed as dist
-from detmine.engine.checkpoint import CheckpointManager, rng_state, save_checkpoint, set_rng_state
+from detmine.engine.checkpoint import (
+    CheckpointManager,
+    DataStream,
+    preserved_rng,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
 from detmine.errors import CheckpointError, DataError, NonFiniteError
+
+__all__ = ["Trainer", "seed_everything", "targets_to", "unwrap"]
 from detmine.structures import HeadOutputs, Target
 
 
@@ -44,97 +53,6 @@ def targets_to(targets: list[Target], device: torch.device) -> list[Target]:
         {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
         for t in targets
     ]
-
-
-class DataStream:
-    """Endless batches from an epoch-based loader, remembering where it is.
-
-    ``epoch`` and ``batch_in_epoch`` (batches of the current epoch already handed out) are
-    the resume position. A resumable loader (``set_epoch``/``state_dict``/``load_state_dict``,
-    like :func:`detmine.data.loader.build_dataloader`'s) restores its own position without
-    loading anything; for other loaders the sampler must be seeded (``set_epoch`` picks the
-    permutation) and :meth:`fast_forward` drains the batches already consumed.
-    """
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._iter: Iterator | None = None
-        self._restored_by_loader = False
-
-    def _resumable(self) -> bool:
-        return all(hasattr(self.loader, a) for a in ("set_epoch", "state_dict", "load_state_dict"))
-
-    def _set_epoch(self) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(self.epoch)
-            return
-        batch_sampler = getattr(self.loader, "batch_sampler", None)
-        for s in (
-            getattr(self.loader, "sampler", None),
-            getattr(batch_sampler, "sampler", None),
-            batch_sampler,
-        ):
-            if s is not None and hasattr(s, "set_epoch"):
-                s.set_epoch(self.epoch)
-                return
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        if self._resumable():
-            state["loader"] = self.loader.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self._iter = None
-        self._restored_by_loader = self._resumable() and "loader" in state
-        if self._restored_by_loader:
-            self.loader.load_state_dict(state["loader"])
-
-    def _start_epoch(self) -> None:
-        self._set_epoch()
-        self._iter = iter(self.loader)
-
-    def fast_forward(self) -> None:
-        """Open the current epoch at the resume position (draining consumed batches when the
-        loader cannot restore its position itself)."""
-        self._start_epoch()
-        if self._restored_by_loader:
-            return
-        for _ in range(self.batch_in_epoch):
-            if next(self._iter, None) is None:
-                break
-
-    def __next__(self) -> Any:
-        empty_epochs = 0
-        while True:
-            if self._iter is None:
-                self._start_epoch()
-            batch = next(self._iter, None)
-            if batch is not None:
-                self.batch_in_epoch += 1
-                return batch
-            empty_epochs = empty_epochs + 1 if self.batch_in_epoch == 0 else 0
-            if empty_epochs > 1:
-                raise DataError(
-                    "the training loader yields no batches (dataset smaller than train.batch_size?)"
-                )
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self._iter = None
-
-
-@contextlib.contextmanager
-def preserved_rng():
-    """Run a block (evaluation) without disturbing the training random streams."""
-    state = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
 
 
 class Trainer:
@@ -487,17 +405,3 @@ class Trainer:
             else:
                 log_evaluation(self.writer, result, self.iteration)
         return result
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices). Call before building the model; each
-    rank adds its rank so data augmentation differs across processes (DDP broadcasts rank
-    0's initial weights anyway)."""
-    import random
-
-    import numpy as np
-
-    seed = seed + dist.get_rank()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
