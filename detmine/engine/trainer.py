@@ -36,7 +36,7 @@ from detmine.engine.checkpoint import (
     set_rng_state,
 )
 from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
-from detmine.errors import CheckpointError, DataError, NonFiniteError
+from detmine.errors import CheckpointError, ConfigError, NonFiniteError
 
 __all__ = ["Trainer", "seed_everything", "targets_to", "unwrap"]
 from detmine.structures import HeadOutputs, Target
@@ -149,7 +149,7 @@ class Trainer:
         if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
             return torch.device("cpu")
         if not torch.cuda.is_available():
-            raise DataError("train.device=cuda but no CUDA device is available")
+            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
         return torch.device("cuda", dist.get_local_rank())
 
     def _open_outputs(self) -> None:
