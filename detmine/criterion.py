@@ -206,7 +206,14 @@ class Criterion(nn.Module):
             raise ValueError(f"got {len(targets)} targets for a batch of {num_images} images")
         check_finite(logits, "cls_logits")
         check_finite(deltas, "box_deltas")
+        # Losses in float32 whatever the head's precision (autocast off: the custom
+        # autograd functions are not on autocast's lists); a no-op for float32 inputs.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self._forward(logits.float(), deltas.float(), anchors.float(), targets)
 
+    def _forward(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Target]
+    ) -> tuple[dict[str, Tensor], MiningRecord]:
         gt = pad_targets(targets, device=logits.device)
         self._check_labels(gt.labels[gt.valid], logits.shape[-1])
         match = self.matcher(anchors, gt)

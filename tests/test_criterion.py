@@ -341,3 +341,20 @@ def test_build_criterion_config_errors():
     assert sig.matcher.allow_low_quality and sig.cls_loss_name == "focal" and sig.box_loss_name == "l1"
     assert type(sig.miner).__name__ == "AllAnchorsMiner"
     assert type(build_miner("all")).__name__ == "AllAnchorsMiner"
+
+
+def test_low_precision_head_outputs_give_float32_losses():
+    anchors, targets, outputs, criterion, _, _, _, _ = focal_setup(13, [2, 3])
+    ref, _ = criterion(outputs, anchors, targets)
+    half = HeadOutputs(
+        outputs.cls_logits.detach().bfloat16().requires_grad_(True),
+        outputs.box_deltas.detach().bfloat16().requires_grad_(True),
+        anchors,
+    )
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        losses, record = criterion(half, anchors, targets)
+    assert losses["cls"].dtype == torch.float32 and record.cls_loss.dtype == torch.float32
+    torch.testing.assert_close(losses["cls"], ref["cls"], rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(losses["box"], ref["box"], rtol=2e-2, atol=1e-3)
+    (losses["cls"] + losses["box"]).backward()
+    assert half.cls_logits.grad.dtype == torch.bfloat16 and torch.isfinite(half.cls_logits.grad.float()).all()
