@@ -2,10 +2,11 @@
 
 Ground truth is padded to ``[B, G, 4]`` with a validity mask and compared with
 the anchors (shared by every image) in one IoU computation of shape
-``[B, G, A]`` -- no Python loop over images. The IoU is bit-for-bit
-``torchvision.ops.box_iou`` (same operations in the same order), so the
-matcher's decisions equal torchvision's ``Matcher`` / ``SSDMatcher`` image by
-image, ties included.
+``[A, B, G]`` -- no Python loop over images (images are split into at most three
+groups of similar box counts so that one crowded image does not pad all the
+others). The IoU is bit-for-bit ``torchvision.ops.box_iou`` (same operations in
+the same order), so the matcher's decisions equal torchvision's ``Matcher`` /
+``SSDMatcher`` image by image, ties included.
 
 Rules, in order (``q`` = best IoU of an anchor over the image's GT boxes):
 
@@ -193,6 +194,25 @@ def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
     return _iou_abg(boxes, anchors, AnchorIntervals.of(anchors)).permute(1, 2, 0)
 
 
+def _padding_groups(counts: list[int], max_groups: int = 3) -> list[tuple[list[int], int]]:
+    """Split the images with ground truth into at most ``max_groups`` groups of similar
+    box counts, each padded only to its own largest count: ``[(image indices, width)]``.
+
+    One crowded image would otherwise pad the IoU matrix of every image to its size
+    (COCO: 7 boxes per image on average, 50+ in some). A new group starts when the
+    count falls to half of the current group's largest; images without boxes need no
+    IoU at all. A loop over <= 3 groups, not over images.
+    """
+    order = sorted((i for i, c in enumerate(counts) if c > 0), key=lambda i: -counts[i])
+    groups: list[tuple[list[int], int]] = []
+    for i in order:
+        if groups and (counts[i] * 2 > groups[-1][1] or len(groups) == max_groups):
+            groups[-1][0].append(i)
+        else:
+            groups.append(([i], counts[i]))
+    return groups
+
+
 class Matcher:
     """IoU matcher with an ignore band, low-quality / forced matches and ignore regions.
 
@@ -265,11 +285,23 @@ class Matcher:
         num_images, num_gt = gt.valid.shape
         num_anchors = anchors.shape[0]
         device = anchors.device
-        if num_gt == 0:
-            labels = torch.zeros((num_images, num_anchors), dtype=torch.int64, device=device)
-            matched = torch.zeros_like(labels)
-        else:
-            labels, matched = self._match_boxes(anchors, gt)
+        labels = torch.zeros((num_images, num_anchors), dtype=torch.int64, device=device)
+        matched = torch.zeros_like(labels)
+        if num_gt > 0:
+            groups = _padding_groups(gt.valid.sum(1).tolist())
+            if len(groups) == 1 and len(groups[0][0]) == num_images:
+                labels, matched = self._match_boxes(anchors, gt)
+            else:
+                for images, width in groups:
+                    index = torch.tensor(images, device=device)
+                    sub = PaddedTargets(
+                        gt.boxes[index, :width],
+                        gt.labels[index, :width],
+                        gt.valid[index, :width],
+                        gt.ignore_boxes[index],
+                        gt.ignore_valid[index],
+                    )
+                    labels[index], matched[index] = self._match_boxes(anchors, sub)
         if gt.ignore_boxes.shape[1] > 0:
             self._apply_ignore_regions(anchors, gt, labels)
         return MatchResult(labels=labels, matched_gt=matched)

@@ -7,7 +7,7 @@ from torchvision.models.detection._utils import SSDMatcher
 from torchvision.ops import box_iou
 
 from detmine.errors import DataError
-from detmine.matching import Matcher, batched_box_iou, pad_targets
+from detmine.matching import Matcher, _padding_groups, batched_box_iou, pad_targets
 
 
 def random_boxes(n: int, gen: torch.Generator, size: float = 120.0) -> torch.Tensor:
@@ -185,3 +185,19 @@ def test_presets_and_threshold_validation():
     assert Matcher.retinanet(bg_iou_thresh=0.3).bg_iou_thresh == 0.3
     with pytest.raises(ValueError, match="bg_iou_thresh"):
         Matcher(fg_iou_thresh=0.4, bg_iou_thresh=0.5)
+
+
+def test_padding_groups():
+    assert _padding_groups([3, 0, 9, 1, 5]) == [([2, 4], 9), ([0], 3), ([3], 1)]
+    # at most three groups: the last one takes the rest
+    assert _padding_groups([40, 20, 10, 5, 2, 1]) == [([0], 40), ([1], 20), ([2, 3, 4, 5], 10)]
+    assert _padding_groups([0, 0]) == []
+
+
+@pytest.mark.parametrize("counts", [[30, 1, 0, 2, 14, 7, 3], [1, 1, 1], [0, 25]])
+def test_crowded_batches_equal_torchvision(counts):
+    gen = torch.Generator().manual_seed(sum(counts))
+    anchors = random_boxes(400, gen)
+    targets = make_batch(gen, counts)
+    assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, targets)
+    assert_equal_to_reference(Matcher.retinanet(), TVMatcher(0.5, 0.4, True), anchors, targets)
