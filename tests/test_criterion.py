@@ -358,3 +358,14 @@ def test_low_precision_head_outputs_give_float32_losses():
     torch.testing.assert_close(losses["box"], ref["box"], rtol=2e-2, atol=1e-3)
     (losses["cls"] + losses["box"]).backward()
     assert half.cls_logits.grad.dtype == torch.bfloat16 and torch.isfinite(half.cls_logits.grad.float()).all()
+
+
+def test_finite_check_is_exact_for_large_and_half_precision_values():
+    from detmine.criterion import check_finite
+
+    check_finite(torch.full((4, 1000, 10), 3e38), "cls_logits")  # the sum overflows, values are finite
+    check_finite(torch.full((4, 10000, 10), 60000.0, dtype=torch.float16), "cls_logits")
+    x = torch.zeros(2, 5, 3, dtype=torch.float16)
+    x[1, 4, 2] = float("-inf")
+    with pytest.raises(NonFiniteError, match="cls_logits contains Inf at image 1, anchor 4"):
+        check_finite(x, "cls_logits")
