@@ -216,8 +216,10 @@ class _PerAnchorSigmoidFocal(torch.autograd.Function):
     a retained graph recomputes it the same way (so results are reproducible)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float) -> Tensor:
-        out, ctx.grad = _focal_forward(logits, labels, w_neg, w_pos, gamma, ctx.needs_input_grad[0])
+    def forward(
+        ctx, logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float, need_grad: bool
+    ) -> Tensor:
+        out, ctx.grad = _focal_forward(logits, labels, w_neg, w_pos, gamma, need_grad)
         ctx.save_for_backward(logits, labels, w_neg, w_pos)
         ctx.gamma = gamma
         return out
@@ -229,7 +231,7 @@ class _PerAnchorSigmoidFocal(torch.autograd.Function):
         if grad is None:  # second backward of a retained graph
             _, grad = _focal_forward(logits, labels, w_neg, w_pos, ctx.gamma, True)
         scale = grad_out.masked_fill(labels < 0, 0.0).unsqueeze(-1)
-        return grad.mul_(scale), None, None, None, None
+        return grad.mul_(scale), None, None, None, None, None
 
 
 def focal_loss_per_anchor(
@@ -261,7 +263,9 @@ def focal_loss_per_anchor(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     w_neg, w_pos = _column_weights(alpha, class_weights, logits)
-    return _PerAnchorSigmoidFocal.apply(logits, labels, w_neg, w_pos, float(gamma))
+    # ctx.needs_input_grad is True even under no_grad: decide here (validation skips the gradient)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _PerAnchorSigmoidFocal.apply(logits, labels, w_neg, w_pos, float(gamma), need_grad)
 
 
 def balanced_cross_entropy_per_anchor(

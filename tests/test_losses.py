@@ -212,3 +212,13 @@ def test_box_loss_beta_and_empty():
         loss.backward()
     with pytest.raises(ValueError, match="valid: smooth_l1, l1, giou"):
         box_regression_loss("iou", d, gt, anchors, coder)
+
+
+def test_focal_under_no_grad_matches_and_skips_the_gradient():
+    gen = torch.Generator().manual_seed(7)
+    logits = (torch.randn(2, 30, 4, generator=gen) * 3).requires_grad_(True)
+    labels = random_labels(gen, (2, 30), 4)
+    with torch.no_grad():
+        loss = focal_loss_per_anchor(logits, labels)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, focal_loss_per_anchor(logits, labels).detach())
