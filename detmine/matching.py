@@ -58,6 +58,9 @@ class MatchResult:
 class PaddedTargets:
     """Ground truth of a batch padded to a common number of boxes.
 
+    Build it with :func:`pad_targets`: the matcher relies on the valid rows of each
+    image coming first and on padding rows being all-zero boxes (IoU exactly 0).
+
     Attributes:
         boxes: ``[B, G, 4]`` float xyxy (padding rows are zeros).
         labels: ``[B, G]`` int64 (padding 0).
