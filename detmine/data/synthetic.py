@@ -33,7 +33,8 @@ Usage: ``python -m detmine.data.synthetic --out data/synthetic [--num-train N --
 --size S --seed S --voc]`` or :func:`ensure_synthetic` from code (idempotent).
 
 Measured generation time of the default set (3000 train + 500 val at 256 px, 2 worker
-processes, 2 shared CPU cores): about 14 s.
+processes, 91 MB with ``--voc``): 32 s wall / 32 CPU-s on a 2-core machine with one core busy
+elsewhere (so ~16-20 s with both cores free); 80 s when the machine was heavily loaded.
 """
 
 from __future__ import annotations
