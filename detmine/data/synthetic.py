@@ -309,7 +309,12 @@ def ensure_synthetic(root: str | Path, *, workers: int = 2, progress: bool = Tru
         return root
     if root.exists():
         shutil.rmtree(root)
-    os.replace(tmp, root)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not _is_complete(root, params):  # lost a race with a concurrent generator of the same set
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         print(f"synthetic dataset written to {root} in {time.perf_counter() - start:.1f} s")
     return root
