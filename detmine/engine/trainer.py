@@ -149,7 +149,9 @@ class Trainer:
         if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
             return torch.device("cpu")
         if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+            raise ConfigError(
+                "train.device=cuda but no CUDA device is available; use train.device=auto or cpu"
+            )
         return torch.device("cuda", dist.get_local_rank())
 
     def _open_outputs(self) -> None:
@@ -395,7 +397,8 @@ class Trainer:
                 save_checkpoint(self.output_dir / "best.pth", state)
         if self.is_main and result is not None:
             self.last_eval = result
-            self._write_metrics({"type": "eval", "iteration": self.iteration, **result.stats})
+            per_class = {f"AP/{name}": float(ap) for name, ap in result.per_class_ap.items()}
+            self._write_metrics({"type": "eval", "iteration": self.iteration, **result.stats, **per_class})
             for key, value in result.stats.items():
                 self.writer.add_scalar(f"eval/{key}", value, self.iteration)
             try:
