@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from detmine.engine.checkpoint import select_weights
+from detmine.engine.distributed import pick_device
 from detmine.errors import CheckpointError, ConfigError, DetmineError
 
 
@@ -55,35 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "overrides", nargs="*", help="config overrides, e.g. eval.batch_size=8 data.root=/data/coco"
     )
     return parser.parse_args(argv)
-
-
-def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
-    """``(model state dict, "ema" | "model")`` to evaluate from a loaded checkpoint
-    (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates)."""
-    if "model" not in state:  # a bare state dict
-        if which == "ema":
-            raise CheckpointError(
-                f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
-            )
-        return state, "model"
-    ema = state.get("ema")
-    if which == "ema" or (which == "auto" and ema):
-        if not ema:
-            raise CheckpointError(
-                f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
-            )
-        return (ema["module"] if "module" in ema else ema), "ema"
-    return state["model"], "model"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
-    from detmine.engine import distributed as dist
-
-    return torch.device("cuda", dist.get_local_rank())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,9 @@ from typing import Any
 import cv2
 import torch
 
-from detmine.errors import CheckpointError, ConfigError, DetmineError
+from detmine.engine.checkpoint import select_weights
+from detmine.engine.distributed import pick_device
+from detmine.errors import CheckpointError, DetmineError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,32 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def select_weights(state: dict[str, Any], which: str, path: str) -> dict[str, Any]:
-    """The model state dict in a loaded checkpoint (``which``: auto | ema | model)."""
-    if "model" not in state:  # a bare state dict
-        if which == "ema":
-            raise CheckpointError(
-                f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
-            )
-        return state
-    ema = state.get("ema")
-    if which == "ema" or (which == "auto" and ema):
-        if not ema:
-            raise CheckpointError(
-                f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
-            )
-        return ema["module"] if "module" in ema else ema
-    return state["model"]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
-    return torch.device("cuda")
-
-
 def write_png(path: Path, image_rgb: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image_rgb[..., ::-1]):
@@ -134,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     model = builders.build_model_from_config(cfg, dataset.num_classes)
     state = load_checkpoint(args.checkpoint)
     try:
-        model.load_state_dict(select_weights(state, args.weights, args.checkpoint))
+        model.load_state_dict(select_weights(state, args.weights, args.checkpoint)[0])
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with "

@@ -259,3 +259,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
+    """``(model state dict, "ema" | "model")`` to evaluate from a loaded checkpoint
+    (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates)."""
+    if "model" not in state:  # a bare state dict
+        if which == "ema":
+            raise CheckpointError(
+                f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
+            )
+        return state, "model"
+    ema = state.get("ema")
+    if which == "ema" or (which == "auto" and ema):
+        if not ema:
+            raise CheckpointError(
+                f"checkpoint {path} has no EMA weights (train.ema was off); use --weights model"
+            )
+        return (ema["module"] if "module" in ema else ema), "ema"
+    return state["model"], "model"

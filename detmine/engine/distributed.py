@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from detmine.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -102,3 +104,12 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def pick_device(name: str) -> torch.device:
+    """The device for ``name`` in auto | cpu | cuda (the local rank's GPU under torchrun)."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
+    return torch.device("cuda", get_local_rank())

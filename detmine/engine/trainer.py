@@ -174,6 +174,7 @@ class Trainer:
                     num_images=self.cfg.vis.num_images,
                     top_k=self.cfg.vis.top_k,
                     class_names=self.class_names,
+                    cls_activation=unwrap(self.model).cls_activation,
                 )
 
     def resume_or_load(self) -> bool:
