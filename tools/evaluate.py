@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from detmine.cli import run_tool
 from detmine.engine.checkpoint import select_weights
 from detmine.engine.distributed import pick_device
-from detmine.errors import CheckpointError, ConfigError, DetmineError
+from detmine.errors import CheckpointError, ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,12 +135,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except DetmineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(run, parse_args(argv))
 
 
 if __name__ == "__main__":

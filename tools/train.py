@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from detmine.errors import DetmineError
+from detmine.cli import run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,15 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except DetmineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume", file=sys.stderr)
-        return 130
+    return run_tool(run, parse_args(argv), interrupt_hint="continue with --resume")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import torch
 
+from detmine.cli import run_tool
 from detmine.engine.checkpoint import select_weights
 from detmine.engine.distributed import pick_device
 from detmine.errors import CheckpointError, DetmineError
@@ -192,15 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except DetmineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_tool(run, parse_args(argv))
 
 
 if __name__ == "__main__":
