@@ -15,6 +15,9 @@ starting at 100, updated in training mode only; evaluation mode uses the batch
 count so validation losses do not disturb it). torchvision's RetinaNet instead
 divides each image's loss by that image's positives and averages over images;
 the two agree when every image has the same number of positives (tested).
+Under DDP training the count (and the EMA) uses the mean over the processes, so the
+average of the per-process losses equals the loss of the global batch (tested with two
+gloo processes).
 
 Background-only images are fine: they have only background / ignore anchors,
 and contribute to the classification loss whenever the miner selects some of
@@ -26,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from detmine.box_coder import BoxCoder
@@ -163,6 +167,7 @@ class Criterion(nn.Module):
         return balanced_cross_entropy_per_anchor(logits, labels, alpha=alpha, class_weights=weights)
 
     def _normalizer(self, num_pos: Tensor) -> Tensor:
+        num_pos = self._mean_over_ranks(num_pos)
         if self.normalizer == "batch":
             return num_pos.clamp(min=1).to(torch.float32)
         if not self.training:
@@ -171,6 +176,20 @@ class Criterion(nn.Module):
             m = self.normalizer_momentum
             self.num_pos_ema.mul_(m).add_((1.0 - m) * num_pos.to(self.num_pos_ema.dtype))
         return self.num_pos_ema.clamp(min=1).clone()
+
+    def _mean_over_ranks(self, num_pos: Tensor) -> Tensor:
+        """Under DDP training, the positive count averaged over the processes, so that the
+        mean of the per-process losses (what DDP's gradient averaging computes) equals the loss
+        of the whole global batch: ``sum(L_r) / sum(P_r)``. Unchanged in one process and in eval
+        (where ranks need not call the criterion together)."""
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return num_pos
+        world = dist.get_world_size()
+        if world == 1:
+            return num_pos
+        total = num_pos.detach().to(torch.float32).clone()
+        dist.all_reduce(total)
+        return total / world
 
     def forward(
         self, outputs: HeadOutputs, anchors: Tensor, targets: list[Target]
