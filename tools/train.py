@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from detmine.engine import builders
     from detmine.engine import distributed as dist
-    from detmine.engine.trainer import Trainer, seed_everything
+    from detmine.engine.trainer import seed_everything
 
     start = time.perf_counter()
     dist.init_distributed()
@@ -56,15 +56,7 @@ def run(args: argparse.Namespace) -> int:
         train_set, val_set = builders.build_datasets(cfg)
         model = builders.build_model_from_config(cfg, train_set.num_classes)
         criterion = builders.build_criterion_from_config(cfg, model)
-        trainer = Trainer(
-            cfg,
-            model=model,
-            criterion=criterion,
-            train_loader=builders.build_train_loader(cfg, train_set),
-            val_loader=builders.build_val_loader(cfg, val_set),
-            val_dataset=val_set,
-            class_names=list(train_set.class_names),
-        )
+        trainer = builders.build_trainer(cfg, model, criterion, train_set, val_set)
         result = trainer.train()
         if dist.is_main_process():
             minutes = (time.perf_counter() - start) / 60

@@ -175,3 +175,18 @@ def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
         loss=dataclasses.asdict(cfg.loss),
         mining=mining,
     )
+
+
+def build_trainer(cfg: Config, model: nn.Module, criterion: nn.Module, train_set: Any, val_set: Any) -> Any:
+    """A :class:`~detmine.engine.trainer.Trainer` over the two datasets, with the config's loaders."""
+    from detmine.engine.trainer import Trainer
+
+    return Trainer(
+        cfg,
+        model=model,
+        criterion=criterion,
+        train_loader=build_train_loader(cfg, train_set),
+        val_loader=build_val_loader(cfg, val_set),
+        val_dataset=val_set,
+        class_names=list(train_set.class_names),
+    )

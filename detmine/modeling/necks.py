@@ -51,7 +51,23 @@ class FPN(nn.Module):
         return list(self.fpn(named).values())
 
 
-class SSDExtraLayers(nn.Module):
+class _ExtraLayers(nn.Module):
+    """Maps appended after the backbone's: each block of ``self.extra`` (an ``nn.Sequential``
+    of blocks, set by the subclass) runs on the previous block's output, starting from the last
+    input map. ``forward(features [maps]) -> features + [one map per block]``."""
+
+    extra: nn.Sequential
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        out = list(features)
+        x = out[-1]
+        for block in self.extra:
+            x = block(x)
+            out.append(x)
+        return out
+
+
+class SSDExtraLayers(_ExtraLayers):
     """SSD300's extra feature layers conv8_2 .. conv11_2 (SSD paper Fig. 2, torchvision layout).
 
     Appends four maps computed from the last input map: two 1x1 -> 3x3 stride-2 blocks (512, 256
@@ -80,16 +96,8 @@ class SSDExtraLayers(nn.Module):
         xavier_init(self.extra)
         self.out_channels = list(in_channels) + [512, 256, 256, 256]
 
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        out = list(features)
-        x = out[-1]
-        for block in self.extra:
-            x = block(x)
-            out.append(x)
-        return out
 
-
-class SSDLiteExtraLayers(nn.Module):
+class SSDLiteExtraLayers(_ExtraLayers):
     """SSDlite extra layers (MobileNetV2 paper, section 6.2; torchvision ``ssdlite``).
 
     Each block: 1x1 conv to half the output channels, 3x3 depthwise stride 2, 1x1 conv to the output
@@ -119,11 +127,3 @@ class SSDLiteExtraLayers(nn.Module):
         self.extra = nn.ModuleList(blocks)
         normal_init(self.extra, std=0.03)
         self.out_channels = list(in_channels) + list(channels)
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        out = list(features)
-        x = out[-1]
-        for block in self.extra:
-            x = block(x)
-            out.append(x)
-        return out

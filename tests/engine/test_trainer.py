@@ -199,15 +199,7 @@ def real_trainer(cfg, criterion_wrapper=None):
     criterion = builders.build_criterion_from_config(cfg, model)
     if criterion_wrapper is not None:
         criterion = criterion_wrapper(criterion)
-    return Trainer(
-        cfg,
-        model=model,
-        criterion=criterion,
-        train_loader=builders.build_train_loader(cfg, train_set),
-        val_loader=builders.build_val_loader(cfg, val_set),
-        val_dataset=val_set,
-        class_names=list(train_set.class_names),
-    )
+    return builders.build_trainer(cfg, model, criterion, train_set, val_set)
 
 
 class CrashAt:
