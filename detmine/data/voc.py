@@ -1,10 +1,15 @@
-"""PASCAL VOC detection dataset for the real ``VOCdevkit`` layout (one or several years)."""
+"""PASCAL VOC detection dataset for the real ``VOCdevkit`` layout (one or several years),
+and for custom data in that layout (LabelImg / CVAT "Pascal VOC" exports) with its own class names.
+
+Class names: given (``data.options.class_names``), or discovered from the split's annotations
+when not given -- see :func:`choose_class_names` for the rule.
+"""
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,8 @@ from detmine.data._common import (
     clean_box,
 )
 from detmine.errors import DataError
+
+CLASS_NAMES_OPTION = "data.options.class_names"
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -59,11 +66,8 @@ def _number(xml: Path, idx: int, obj: ET.Element, tag: str) -> float:
         ) from None
 
 
-def parse_voc_xml(xml: Path, class_index: dict[str, int]) -> dict[str, Any]:
-    """Parse one VOC annotation. Boxes come back 0-based continuous xyxy (``xmin - 1, ymin - 1, xmax, ymax``).
-
-    VOC stores 1-based inclusive pixel indices, so ``(1, W)`` covers the whole image, i.e. ``(0, W)``.
-    """
+def _parse_raw(xml: Path) -> dict[str, Any]:
+    """Parse one VOC annotation, class names kept as text (see :func:`parse_voc_xml`)."""
     try:
         root = ET.parse(xml).getroot()
     except FileNotFoundError:
@@ -80,19 +84,82 @@ def parse_voc_xml(xml: Path, class_index: dict[str, int]) -> dict[str, Any]:
     objects = []
     for idx, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
-        if name not in class_index:
-            raise DataError(
-                f"{xml}: object {idx}: unknown class name {name!r} (expected one of {sorted(class_index)})"
-            )
+        if not name:
+            raise DataError(f"{xml}: object {idx}: missing or empty <name>")
         diff_text = (obj.findtext("difficult") or "0").strip()
         if diff_text not in ("0", "1"):
             raise DataError(
                 f"{xml}: object {idx}: malformed <difficult> value {diff_text!r} (expected 0 or 1)"
             )
         xmin, ymin, xmax, ymax = (_number(xml, idx, obj, t) for t in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append(dict(index=idx, label=class_index[name], difficult=diff_text == "1",
+        objects.append(dict(index=idx, name=name, difficult=diff_text == "1",
                             box=(xmin - 1.0, ymin - 1.0, xmax, ymax)))  # fmt: skip
     return dict(width=width, height=height, objects=objects)
+
+
+def _label_objects(xml: Path, ann: dict[str, Any], class_index: dict[str, int]) -> dict[str, Any]:
+    objects = []
+    for obj in ann["objects"]:
+        name = obj["name"]
+        if name not in class_index:
+            raise DataError(
+                f"{xml}: object {obj['index']}: unknown class name {name!r} (expected one of "
+                f"{sorted(class_index)}; list every class name of the data set in {CLASS_NAMES_OPTION})"
+            )
+        objects.append(
+            dict(index=obj["index"], label=class_index[name], difficult=obj["difficult"], box=obj["box"])
+        )
+    return dict(width=ann["width"], height=ann["height"], objects=objects)
+
+
+def parse_voc_xml(xml: Path, class_index: dict[str, int]) -> dict[str, Any]:
+    """Parse one VOC annotation. Boxes come back 0-based continuous xyxy (``xmin - 1, ymin - 1, xmax, ymax``).
+
+    VOC stores 1-based inclusive pixel indices, so ``(1, W)`` covers the whole image, i.e. ``(0, W)``.
+    ``class_index`` maps a class name to its label; a name not in it is a :class:`DataError`.
+    """
+    return _label_objects(xml, _parse_raw(xml), class_index)
+
+
+def choose_class_names(found: Iterable[str]) -> list[str]:
+    """The class list for names discovered in annotations (``class_names`` not given).
+
+    If every discovered name is one of the 20 PASCAL VOC classes (or none was found), the
+    result is the standard :data:`VOC_CLASSES` in the standard order, so a real ``VOCdevkit``
+    keeps the usual class ids (and a split that lacks some classes still gets all 20). Otherwise
+    it is the sorted unique discovered names: class ``k`` (1-based) is the ``k``-th name in
+    alphabetical (code point) order.
+    """
+    names = set(found)
+    if names <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(names)
+
+
+def _split_entries(
+    root: str | Path | Sequence[str | Path], years: Sequence[str], split: str
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    year_dirs = _resolve_year_dirs(root, years)
+    return year_dirs, [(d, n) for d in year_dirs for n in _read_split(d, split)]
+
+
+def discover_class_names(
+    root: str | Path | Sequence[str | Path], *, years: Sequence[str] = ("2007",), split: str = "trainval"
+) -> list[str]:
+    """The class names :class:`VOCDetection` would use for ``split`` without ``class_names``
+    (reads the split's XML files only, no images). Use it to give another split -- or a tool
+    that only builds the validation split -- the training split's mapping."""
+    _, entries = _split_entries(root, years, split)
+    found = {o["name"] for d, n in entries for o in _parse_raw(d / "Annotations" / f"{n}.xml")["objects"]}
+    return choose_class_names(found)
+
+
+def _announce(message: str) -> None:
+    """Print one line, from the main process only under torch.distributed."""
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_rank() == 0:
+        print(message, flush=True)
 
 
 def _image_ids(names: list[str]) -> list[int]:
@@ -114,7 +181,12 @@ class VOCDetection(RecordDataset):
             or a list of year directories.
         years: year suffixes under ``root``, e.g. ``("2007", "2012")``.
         split: split file name in ``ImageSets/Main`` (``train``, ``val``, ``trainval``, ``test``).
-        class_names: class names; class ``k`` (1-based) is ``class_names[k-1]``.
+        class_names: class names; class ``k`` (1-based) is ``class_names[k-1]``. None (the
+            default): discovered from this split's annotations by :func:`choose_class_names`
+            (the 20 standard VOC classes in their usual order when every name found is one of
+            them, else the sorted names found), with one line printed naming them. Pass the
+            training split's ``dataset.class_names`` to the other splits so that they share
+            its mapping.
         keep_difficult_as_ignore: ``difficult`` objects become ignore regions (True) or are
             dropped altogether (False). ``coco_gt_dict`` lists them as ``iscrowd=1`` either way.
     """
@@ -125,25 +197,46 @@ class VOCDetection(RecordDataset):
         *,
         years: Sequence[str] = ("2007",),
         split: str = "trainval",
-        class_names: Sequence[str] = VOC_CLASSES,
+        class_names: Sequence[str] | None = None,
         keep_difficult_as_ignore: bool = True,
         keep_empty: bool = True,
         transform: Transform | None = None,
         on_bad_image: str = "skip",
     ) -> None:
         super().__init__(transform=transform, on_bad_image=on_bad_image)
+        self.year_dirs, entries = _split_entries(root, years, split)
+        raw = [(d, n, d / "Annotations" / f"{n}.xml") for d, n in entries]
+        anns = [_parse_raw(xml) for _, _, xml in raw]
+        #: True when the class names were discovered from the annotations (``class_names`` None).
+        self.class_names_discovered = class_names is None
+        if class_names is None:
+            found = {o["name"] for ann in anns for o in ann["objects"]}
+            class_names = choose_class_names(found)
+            if not found:
+                what = "none, so the standard 20 PASCAL VOC classes are used"
+            elif found <= set(VOC_CLASSES):
+                what = (
+                    f"{len(found)}, all PASCAL VOC classes, so the standard 20 in their usual order are used"
+                )
+            else:
+                what = f"{len(found)}, used in sorted order: {class_names}"
+            _announce(
+                f"VOC split {split!r}: class_names not given; class names in the annotations: {what}. "
+                f"Set {CLASS_NAMES_OPTION} to choose the names and their order."
+            )
+        elif isinstance(class_names, str) or not class_names:
+            raise DataError(f"{CLASS_NAMES_OPTION} must be a non-empty list of names, got {class_names!r}")
         self.class_names = [str(c) for c in class_names]
+        if len(set(self.class_names)) != len(self.class_names):
+            raise DataError(f"{CLASS_NAMES_OPTION} lists a name twice: {self.class_names}")
         self.contiguous_to_category_id = {k: k for k in range(1, len(self.class_names) + 1)}
         self.category_id_to_contiguous = dict(self.contiguous_to_category_id)
         class_index = {n: k + 1 for k, n in enumerate(self.class_names)}
-        self.year_dirs = _resolve_year_dirs(root, years)
-        entries = [(d, n) for d in self.year_dirs for n in _read_split(d, split)]
         ids = _image_ids([n for _, n in entries])
         self.records = []
         dropped = DegenerateBoxes(f"VOC {split} in {', '.join(str(d) for d in self.year_dirs)}")
-        for (year_dir, name), image_id in zip(entries, ids, strict=True):
-            xml = year_dir / "Annotations" / f"{name}.xml"
-            ann = parse_voc_xml(xml, class_index)
+        for (year_dir, name, xml), raw_ann, image_id in zip(raw, anns, ids, strict=True):
+            ann = _label_objects(xml, raw_ann, class_index)
             boxes, labels, ignore, objects = [], [], [], []
             for obj in ann["objects"]:
                 box = clean_box(*obj["box"], ann["width"], ann["height"])

@@ -11,6 +11,7 @@ import torch
 
 from detmine.data import CocoDetection, DegenerateBoxWarning, VOCDetection, build_dataset
 from detmine.data.synthetic import CLASS_NAMES
+from detmine.data.voc import VOC_CLASSES, choose_class_names, discover_class_names
 from detmine.errors import DataError
 
 
@@ -106,7 +107,7 @@ def test_years_concatenated_and_split_files(devkit):
 def test_malformed_xml_gives_one_line_error(devkit, xml, expected):
     (devkit / "VOC2007" / "Annotations" / "000009.xml").write_text(xml)
     with pytest.raises(DataError, match=expected) as e:
-        VOCDetection(devkit, split="val")
+        VOCDetection(devkit, split="val", class_names=VOC_CLASSES)
     assert "\n" not in str(e.value)
 
 
@@ -141,3 +142,105 @@ def test_synthetic_voc_layout_matches_coco_layout(tiny_voc_root, tiny_coco_root)
     voc_img, _ = voc[0]
     coco_img, _ = coco[0]
     assert torch.equal(voc_img, coco_img)
+
+
+# ----------------------------------------------------------------------------- custom class names
+
+
+def _labelimg_xml(filename: str, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    """An annotation as LabelImg / CVAT write it (extra tags the reader must ignore)."""
+    objs = "".join(
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+        f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for name, b in objects
+    )
+    return (f"<annotation><folder>JPEGImages</folder><filename>{filename}</filename><path>/home/me/{filename}</path>"
+            f"<source><database>Unknown</database></source><size><width>50</width><height>40</height><depth>3</depth>"
+            f"</size><segmented>0</segmented>{objs}</annotation>")  # fmt: skip
+
+
+@pytest.fixture
+def custom_voc(tmp_path):
+    """One year-less folder in the VOC layout with the user's own class names (no VOC class)."""
+    d = tmp_path / "my_digits"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (d / sub).mkdir(parents=True)
+    images = {
+        "img_a": [("digit_8", (1, 1, 20, 20)), ("digit_1", (5, 5, 30, 30))],
+        "img_b": [("zero", (2, 2, 10, 10))],
+        "img_c": [("digit_8", (3, 3, 12, 12))],
+    }
+    for name, objs in images.items():
+        cv2.imwrite(str(d / "JPEGImages" / f"{name}.jpg"), np.zeros((40, 50, 3), np.uint8))
+        (d / "Annotations" / f"{name}.xml").write_text(_labelimg_xml(f"{name}.jpg", objs))
+    (d / "ImageSets" / "Main" / "train.txt").write_text("img_a\nimg_b\n")
+    (d / "ImageSets" / "Main" / "val.txt").write_text("img_c\n")
+    return d
+
+
+def test_custom_class_names_discovered_sorted_and_announced(custom_voc, capsys):
+    ds = VOCDetection(custom_voc, split="train")
+    assert ds.class_names == ["digit_1", "digit_8", "zero"] and ds.class_names_discovered
+    assert (
+        ds.num_classes == 3
+        and ds.records[0].labels.tolist() == [2, 1]
+        and ds.records[1].labels.tolist() == [3]
+    )
+    assert [c["name"] for c in ds.coco_gt_dict()["categories"]] == ds.class_names
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert "'train'" in out[0] and "['digit_1', 'digit_8', 'zero']" in out[0]
+    assert "data.options.class_names" in out[0]
+    assert discover_class_names(custom_voc, split="train") == ds.class_names
+
+
+def test_val_split_takes_the_training_mapping(custom_voc, capsys):
+    train = build_dataset("voc", custom_voc, "train")
+    capsys.readouterr()
+    # val alone would discover ['digit_8'] (a different mapping); the training names are passed on
+    assert VOCDetection(custom_voc, split="val").class_names == ["digit_8"]
+    val = build_dataset("voc", custom_voc, "val", class_names=train.class_names)
+    assert val.class_names == train.class_names and not val.class_names_discovered
+    assert val.records[0].labels.tolist() == [train.class_names.index("digit_8") + 1]
+    assert capsys.readouterr().out.count("class_names not given") == 1  # only the val-alone build
+
+
+def test_class_missing_from_the_given_names_names_the_option(custom_voc):
+    with pytest.raises(DataError, match=r"img_b.xml: object 0: unknown class name 'zero'") as e:
+        VOCDetection(custom_voc, split="train", class_names=["digit_1", "digit_8"])
+    assert "data.options.class_names" in str(e.value) and "\n" not in str(e.value)
+    # with the names given, their order defines the ids
+    ds = VOCDetection(custom_voc, split="train", class_names=["zero", "digit_8", "digit_1"])
+    assert ds.records[0].labels.tolist() == [2, 3] and not ds.class_names_discovered
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [("digit_8", "must be a non-empty list of names"), ([], "must be a non-empty list of names"),
+     (["zero", "digit_1", "digit_8", "zero"], "lists a name twice")],
+)  # fmt: skip
+def test_bad_class_names_option(custom_voc, names, expected):
+    with pytest.raises(DataError, match=f"data.options.class_names {expected}"):
+        VOCDetection(custom_voc, split="train", class_names=names)
+
+
+def test_standard_voc_names_keep_the_standard_order(devkit, capsys):
+    """A split whose names are all VOC classes (here 4 of 20) gets the standard 20-class list."""
+    ds = VOCDetection(devkit, split="train")
+    assert ds.class_names == list(VOC_CLASSES) and ds.class_names_discovered
+    assert "the standard 20 in their usual order" in capsys.readouterr().out
+    assert VOCDetection(devkit / "VOC2007", split="val").class_names == list(VOC_CLASSES)
+    assert choose_class_names([]) == list(VOC_CLASSES)
+    # one name outside VOC: sorted discovered names, VOC ones included
+    (devkit / "VOC2007" / "Annotations" / "000009.xml").write_text(
+        _labelimg_xml("000009.jpg", [("person", (1, 1, 5, 5)), ("forklift", (1, 1, 9, 9))])
+    )
+    mixed = VOCDetection(devkit, split="trainval")
+    assert mixed.class_names == ["cat", "dog", "forklift", "person"]
+    assert mixed.records[2].labels.tolist() == [4, 3]
+
+
+def test_empty_object_name_is_an_error(custom_voc):
+    (custom_voc / "Annotations" / "img_c.xml").write_text(_labelimg_xml("img_c.jpg", [(" ", (1, 1, 5, 5))]))
+    with pytest.raises(DataError, match=r"img_c.xml: object 0: missing or empty <name>"):
+        VOCDetection(custom_voc, split="val")
