@@ -168,12 +168,23 @@ class GridAnchors(_CachedAnchors):
 
     Same construction as torchvision's ``AnchorGenerator``: zero-centred base anchors of area
     ``size^2`` with ``h / w = ratio`` (ordered ratio-major, then size), rounded to integers, shifted
-    by ``(x, y) * stride`` with ``stride = image_size // feature_size`` (anchor centres at the
+    by ``(x * stride_l, y * stride_l)`` for cell ``(y, x)`` of level ``l`` (anchor centres at the
     top-left corner of each cell, as in torchvision).
+
+    ``stride_l`` is the level's true downsampling factor, given as ``strides`` (RetinaNet P3-P7:
+    8, 16, 32, 64, 128; the model builders always pass it). torchvision instead takes
+    ``image_size // feature_size`` per axis, which equals the true stride only when the input is a
+    multiple of the coarsest stride: at 800x1216 its P7 (7x10 cells) gets strides 114 x 121
+    instead of 128 and the last anchor centres drift 84 px (y) and 63 px (x) from the cells they
+    are predicted from. ``strides=None`` keeps torchvision's rule, for comparisons only.
 
     Args:
         sizes: per level, the anchor sizes in input pixels (see :func:`retinanet_anchor_sizes`).
         aspect_ratios: height / width ratios, shared by all levels.
+        strides: per level, the feature map's stride in input pixels; a forward whose feature
+            maps do not fit them (``|cells * stride - H| < stride`` per axis, true of ``ceil`` and
+            ``floor(H / stride)`` cells) raises ``ValueError``. None: torchvision's
+            ``image_size // feature_size``.
     """
 
     def __init__(
@@ -181,10 +192,17 @@ class GridAnchors(_CachedAnchors):
         *,
         sizes: Sequence[Sequence[float]],
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if strides is not None:
+            if len(strides) != len(sizes):
+                raise ValueError(f"strides has {len(strides)} entries, expected one per level ({len(sizes)})")
+            if any(int(s) != s or s < 1 for s in strides):
+                raise ValueError(f"strides must be positive integers, got {list(strides)}")
         self.sizes = [list(s) for s in sizes]
         self.aspect_ratios = list(aspect_ratios)
+        self.strides = None if strides is None else [int(s) for s in strides]
         self._base = [self._base_anchors(s) for s in self.sizes]
 
     def _base_anchors(self, sizes: list[float]) -> Tensor:
@@ -198,10 +216,25 @@ class GridAnchors(_CachedAnchors):
     def num_anchors_per_location(self) -> list[int]:
         return [len(s) * len(self.aspect_ratios) for s in self.sizes]
 
+    def _strides(self, feature_sizes: list[SizeHW], image_size: SizeHW) -> list[tuple[int, int]]:
+        """``(stride_y, stride_x)`` per level."""
+        img_h, img_w = image_size
+        if self.strides is None:
+            return [(img_h // fh, img_w // fw) for fh, fw in feature_sizes]
+        for level, ((fh, fw), s) in enumerate(zip(feature_sizes, self.strides, strict=True)):
+            # A stride-s map of an H-pixel input has ceil(H / s) cells (padded convs) or
+            # floor(H / s): either way |cells * s - H| < s.
+            if abs(fh * s - img_h) >= s or abs(fw * s - img_w) >= s:
+                raise ValueError(
+                    f"feature map {level} is {fh}x{fw} for a {img_h}x{img_w} input, which does not "
+                    f"fit its stride {s} (strides {self.strides})"
+                )
+        return [(s, s) for s in self.strides]
+
     def _generate(self, feature_sizes: list[SizeHW], image_size: SizeHW, dtype: torch.dtype) -> list[Tensor]:
         levels = []
-        for (fh, fw), base in zip(feature_sizes, self._base, strict=True):
-            stride_y, stride_x = image_size[0] // fh, image_size[1] // fw
+        strides = self._strides(feature_sizes, image_size)
+        for (fh, fw), (stride_y, stride_x), base in zip(feature_sizes, strides, self._base, strict=True):
             xs = torch.arange(fw, dtype=torch.int32) * stride_x
             ys = torch.arange(fh, dtype=torch.int32) * stride_y
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -211,4 +244,4 @@ class GridAnchors(_CachedAnchors):
         return levels
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}"
+        return f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, strides={self.strides}"
