@@ -46,6 +46,10 @@ class DenseDetector(nn.Module):
         box_coder: a ``detmine.box_coder.BoxCoder`` used to decode ``box_deltas`` in :meth:`predict`.
         image_size: the square input size the recipe was designed for (used by builders / configs,
             not enforced: any size that the backbone can process works).
+        size_divisible: the input height and width must be multiples of this for the network's
+            maps to line up (batches are padded up to it; see :attr:`size_divisible`). 1 for
+            fixed-size SSD models (SSD300 sees 300 px, not 320); the stride of the coarsest map an
+            FPN merges top-down (32, C5) for RetinaNet.
         image_mean, image_std: per-channel normalisation for images in 0..1.
         channels_last: run the network on channels-last (NHWC) tensors; 2-4x faster convs on CPU
             with oneDNN and faster on GPU tensor cores. Outputs are the same values.
@@ -62,6 +66,7 @@ class DenseDetector(nn.Module):
         cls_activation: str,
         box_coder,
         image_size: int,
+        size_divisible: int,
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = True,
@@ -69,6 +74,10 @@ class DenseDetector(nn.Module):
         super().__init__()
         if cls_activation not in ("softmax", "sigmoid"):
             raise ValueError(f"cls_activation must be 'softmax' or 'sigmoid', got {cls_activation!r}")
+        if isinstance(size_divisible, bool) or not isinstance(size_divisible, int) or size_divisible < 1:
+            raise ValueError(f"size_divisible must be a positive integer, got {size_divisible!r}")
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ValueError(f"image_mean and image_std need 3 entries, got {image_mean}, {image_std}")
         self.backbone = backbone
         self.neck = neck
         self.head = head
@@ -77,6 +86,12 @@ class DenseDetector(nn.Module):
         self.cls_activation = cls_activation
         self.box_coder = box_coder
         self.image_size = image_size
+        #: batches are padded so that height and width are multiples of this (the loader's
+        #: ``size_divisible``).
+        self.size_divisible = size_divisible
+        #: per-channel normalisation mean and std for images in 0..1.
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
         self.channels_last = channels_last
         # Folded so that normalise(x in 0..255) = (x / 255 - mean) / std = x * scale + shift.
         std = torch.tensor(image_std, dtype=torch.float32)
@@ -85,8 +100,15 @@ class DenseDetector(nn.Module):
         #: anchors per pyramid level of the last forward (used by :meth:`postprocess`).
         self.last_level_counts: list[int] = []
 
+    @property
+    def pad_value(self) -> tuple[float, float, float]:
+        """The normalisation mean in 0..255 pixel units, ``(R, G, B)``: padding a batch with it
+        gives padded pixels the value 0 after :meth:`normalize` (ImageNet: 123.675, 116.28,
+        103.53)."""
+        return tuple(255.0 * m for m in self.image_mean)
+
     def normalize(self, images: Tensor) -> Tensor:
-        """uint8 or float ``[B, 3, H, W]`` in 0..255 -> float normalised with ImageNet mean/std."""
+        """uint8 or float ``[B, 3, H, W]`` in 0..255 -> float normalised with ``image_mean`` / ``image_std``."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
         x = images.float() if not torch.is_floating_point(images) else images

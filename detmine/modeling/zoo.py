@@ -4,6 +4,10 @@ config's ``model.name`` to one of them (see :data:`detmine.modeling.MODELS`).
 CPU-friendly (tests, the quickstart): ``retinanet_tiny_fpn``, ``ssdlite_tiny`` (about 1 M
 parameters at 256 px) and, more slowly, ``retinanet_resnet18_fpn`` at 320 px and
 ``ssdlite320_mobilenet_v3``. ``ssd300_vgg16`` and ``retinanet_resnet50_fpn`` are GPU recipes.
+
+Input geometry (``DenseDetector.size_divisible``): the SSD models are fixed-size recipes (1: the
+input is used as it is, so SSD300 sees 300 px and has 8732 default boxes); the RetinaNet models
+need multiples of 32, the stride of C5 (see :func:`_retinanet`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def _ssd(backbone, neck, anchors: DefaultBoxes, head_cls, num_classes: int, imag
         cls_activation="softmax",
         box_coder=_box_coder(SSD_BOX_WEIGHTS),
         image_size=image_size,
+        size_divisible=1,  # fixed-size recipe: the loader resizes, padding would add anchors
     )
 
 
@@ -126,12 +131,27 @@ def _retinanet(
     p6_from: str,
     prior_prob: float,
 ) -> DenseDetector:
+    """FPN P3-P7 + focal head on a C3-C5 backbone.
+
+    Anchor strides are the levels' true strides: the backbone's for P3-P5 and 2x, 4x its last for
+    P6, P7 (stride-2 convs): 8, 16, 32, 64, 128 for every backbone here.
+
+    ``size_divisible`` is the stride of C5 (32), as torchvision's ``GeneralizedRCNNTransform``:
+    then C3, C4, C5 are exact 2x multiples of each other and the FPN's nearest 2x upsampling
+    lines P5 up with C4 and P4 with C3 cell for cell (a 19-cell C4 would be added to a 10-cell C5
+    resampled to 19, shifted by up to half a C5 cell). P6 and P7 only go bottom-up (stride-2 convs
+    of P5 or C5), so they need no more: their ``ceil(H / 64)``, ``ceil(H / 128)`` cells get anchors
+    at their true strides (see ``GridAnchors``), and padding to 128 would only add up to 96 more
+    rows and columns of padding to compute on.
+    """
     neck = FPN(in_channels=backbone.out_channels, out_channels=fpn_channels, p6_from=p6_from)
-    anchors = GridAnchors(sizes=retinanet_anchor_sizes(anchor_sizes))
     if len(anchor_sizes) != len(neck.out_channels):
         raise ValueError(
             f"anchor_sizes needs {len(neck.out_channels)} entries (P3-P7), got {list(anchor_sizes)}"
         )
+    c5_stride = backbone.strides[-1]
+    strides = [*backbone.strides, 2 * c5_stride, 4 * c5_stride]
+    anchors = GridAnchors(sizes=retinanet_anchor_sizes(anchor_sizes), strides=strides)
     head = RetinaNetHead(
         in_channels=fpn_channels,
         num_anchors=anchors.num_anchors_per_location()[0],
@@ -149,6 +169,7 @@ def _retinanet(
         cls_activation="sigmoid",
         box_coder=_box_coder(RETINANET_BOX_WEIGHTS),
         image_size=image_size,
+        size_divisible=c5_stride,
     )
 
 

@@ -13,6 +13,7 @@ from torchvision.models.detection import _utils as tv_utils
 from torchvision.models.detection.retinanet import RetinaNet
 
 from detmine.box_coder import BoxCoder
+from detmine.data.loader import collate
 from detmine.errors import ConfigError
 from detmine.modeling import MODELS, build_model, model_options
 from detmine.structures import HeadOutputs
@@ -28,13 +29,30 @@ BUILDERS = {
 }
 
 
+# name -> (size_divisible, anchor strides of the RetinaNet levels or None for default boxes)
+GEOMETRY = {
+    "retinanet_tiny_fpn": (32, [8, 16, 32, 64, 128]),
+    "ssdlite_tiny": (1, None),
+    "retinanet_resnet18_fpn": (32, [8, 16, 32, 64, 128]),
+    "retinanet_resnet50_fpn": (32, [8, 16, 32, 64, 128]),
+    "ssdlite320_mobilenet_v3": (1, None),
+    "ssd300_vgg16": (1, None),
+}
+IMAGENET_PAD = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+
+
 def _images(batch, size, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
 
 
 def test_builder_table_is_complete():
-    assert set(BUILDERS) == set(MODELS)
+    assert set(BUILDERS) == set(MODELS) == set(GEOMETRY)
+
+
+def _collated(images, size_divisible):
+    """The batch the loader makes of these images for a model that needs ``size_divisible``."""
+    return collate([(image, {"image_id": i}) for i, image in enumerate(images)], size_divisible)[0]
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -43,7 +61,13 @@ def test_every_builder_gives_head_outputs(name):
     torch.manual_seed(0)
     model = build_model(name, 3)
     batch = 1 if name == "ssd300_vgg16" else 2
-    out = model(_images(batch, size))
+    size_divisible, strides = GEOMETRY[name]
+    assert model.size_divisible == size_divisible and type(model.size_divisible) is int
+    assert getattr(model.anchor_generator, "strides", None) == strides
+    assert model.pad_value == pytest.approx(IMAGENET_PAD) and len(model.pad_value) == 3
+    images = _collated(_images(batch, size), model.size_divisible)
+    assert images.shape[-2:] == (size, size)
+    out = model(images)
     assert isinstance(out, HeadOutputs)
     num_anchors = out.anchors.shape[0]
     assert out.cls_logits.shape == (batch, num_anchors, columns)
@@ -56,6 +80,70 @@ def test_every_builder_gives_head_outputs(name):
     assert model.box_coder.weights == ((10.0, 10.0, 5.0, 5.0) if columns == 4 else (1.0, 1.0, 1.0, 1.0))
     if name == "ssd300_vgg16":
         assert num_anchors == 8732
+
+
+def test_fixed_size_ssd_batches_keep_their_size_and_torchvision_anchor_counts():
+    """Padded to 32, SSD300 would see 320 px and 9590 boxes, SSDlite320 at 300 px 3234 for 3000."""
+    torch.manual_seed(0)
+    ours = build_model("ssdlite320_mobilenet_v3", 3).eval()
+    ref = tvd.ssdlite320_mobilenet_v3_large(weights_backbone=None, num_classes=4).eval()
+    images = _collated(_images(1, 320), ours.size_divisible)
+    with torch.no_grad():
+        out = ours(images)
+        maps = list(ref.backbone(ours.normalize(images)).values())
+    ref_count = sum(
+        f.shape[-2] * f.shape[-1] * n
+        for f, n in zip(maps, ref.anchor_generator.num_anchors_per_location(), strict=True)
+    )
+    assert out.anchors.shape[0] == ref_count == 3234
+
+    def cells(size, stride):  # stride-2 padded convs: each halves the map, rounding up
+        for _ in range(stride.bit_length() - 1):
+            size = -(-size // 2)
+        return size * size
+
+    for name, size, strides in [
+        ("ssdlite320_mobilenet_v3", 300, (16, 32, 64, 128, 256, 512)),
+        ("ssdlite_tiny", 250, (8, 16, 32, 64, 128, 256)),
+    ]:
+        count = 6 * sum(cells(size, s) for s in strides)
+        model = build_model(name, 3).eval()
+        images = _collated(_images(1, size), model.size_divisible)
+        assert images.shape[-2:] == (size, size)
+        with torch.no_grad():
+            assert model(images).anchors.shape[0] == count, name
+
+
+def test_pad_value_normalises_to_zero():
+    model = build_model("ssdlite_tiny", 2)
+    pixel = torch.tensor(model.pad_value).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    torch.testing.assert_close(model.normalize(pixel), torch.zeros(1, 3, 2, 2), atol=1e-6, rtol=0)
+
+
+def test_retinanet_anchors_use_true_strides_on_inputs_not_divisible_by_128():
+    """96x160 (multiples of 32): P6 is 2x3 cells, P7 1x2 -- their anchors sit at 64 / 128 px steps."""
+    model = build_model("retinanet_tiny_fpn", 2).eval()
+    images = _collated(_images(1, 160)[..., :96, :], model.size_divisible)
+    assert images.shape[-2:] == (96, 160)
+    with torch.no_grad():
+        out = model(images)
+    cells = [(-(-96 // s), -(-160 // s)) for s in (8, 16, 32, 64, 128)]
+    assert model.last_level_counts == [h * w * 9 for h, w in cells]
+    for (fh, fw), stride, level in zip(
+        cells, (8, 16, 32, 64, 128), out.anchors.split(model.last_level_counts), strict=True
+    ):
+        centres = ((level[:, :2] + level[:, 2:]) / 2).view(fh, fw, 9, 2)[:, :, 4]
+        ys, xs = torch.meshgrid(torch.arange(fh) * stride, torch.arange(fw) * stride, indexing="ij")
+        torch.testing.assert_close(centres, torch.stack((xs, ys), dim=-1).float())
+
+
+def test_predict_accepts_the_four_postprocess_options():
+    model = build_model("retinanet_tiny_fpn", 2).eval()
+    options = dict(score_thresh=0.0, topk_candidates=5, nms_thresh=0.3, detections_per_img=3)
+    (det,) = model.predict(_images(1, 64), **options)
+    assert 0 < len(det["scores"]) <= 3
+    with pytest.raises(TypeError):
+        model.predict(_images(1, 64), score_threshold=0.1)
 
 
 def test_architectures_match_torchvision_parameter_counts():
