@@ -4,4 +4,5 @@ One pipeline -- backbone -> head -> anchor matching -> miner -> loss -- with
 SSD-style hard negative mining, OHEM and the focal loss as one-line swaps.
 """
 
-__version__ = "0.1.0"
+# The one place the version is set: pyproject.toml reads it (``[tool.setuptools.dynamic]``).
+__version__ = "0.2.0.dev0"

@@ -1,15 +1,42 @@
-"""What every command-line tool does around its work: user errors as one line, exit codes.
+"""What every command-line tool does around its work: ``--version``, user errors as one line,
+exit codes.
 
-Imports nothing heavy (no torch), so a tool can report a config error instantly.
+Imports nothing heavy (no torch), so a tool can report a config error (or its version) instantly.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Callable
 
+import detmine
 from detmine.errors import DetmineError
+
+
+def version_string() -> str:
+    """``detmine X (torch Y)``. Torch's version is ``torch.__version__`` when torch is already
+    imported, else read from its installed metadata (so ``--version`` does not import torch)."""
+    if "torch" in sys.modules:
+        torch_version = str(sys.modules["torch"].__version__)
+    else:
+        try:
+            torch_version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            torch_version = "not installed"
+    return f"detmine {detmine.__version__} (torch {torch_version})"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--version`` (prints :func:`version_string` and exits 0) to a tool's parser; returns it."""
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_string(),
+        help="print the detmine and torch versions and exit",
+    )
+    return parser
 
 
 def run_tool(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install detmine with its dev extras into it.
-# torch/torchvision are pinned to releases pip can take from the local wheel cache.
+# torch/torchvision are pinned here, to the releases the project is tested with (and pip can
+# take from the local wheel cache); pyproject.toml itself states lower bounds only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,5 +9,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[dev]"
+PINS=("torch==2.14.1" "torchvision==0.29.1")
+.venv/bin/python -m pip install -q "${PINS[@]}"
+.venv/bin/python -m pip install -q -e ".[dev]" "${PINS[@]}"
