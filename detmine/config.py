@@ -45,9 +45,14 @@ class DataConfig:
     val_split: str = "val"
     image_size: int = 256
     train_transform: Literal["ssd", "retinanet", "eval"] = "retinanet"
-    eval_transform: Literal["ssd", "retinanet", "eval"] = "eval"
+    #: evaluation always uses the deterministic ``eval`` preset (no flip, no crop).
+    eval_transform: Literal["eval"] = "eval"
     #: extra keyword options of ``build_transforms`` for the training preset.
     transform_options: dict[str, Any] = field(default_factory=dict)
+    #: geometry of the evaluation resize (``square``, ``max_size``, ``min_box_size``); unset
+    #: keys follow the training preset: a fixed square for ``ssd``, the shorter side with
+    #: the aspect kept (and the training ``max_size``) for ``retinanet``.
+    eval_transform_options: dict[str, Any] = field(default_factory=dict)
     #: extra keyword options of the dataset class chosen by ``kind`` (e.g. VOC ``years``).
     options: dict[str, Any] = field(default_factory=dict)
     #: options for the validation split only, merged over ``options`` (e.g. VOC ``years: ["2007"]``).
@@ -103,7 +108,11 @@ class LossConfig:
     box: Literal["smooth_l1", "l1", "giou"] | None = None
     beta: float | None = None
     box_weight: float | None = None
-    #: "batch": divide by the positives of the batch; "ema": by an EMA of that count.
+    #: what the classification loss is divided by: the ``positives`` of the batch or the
+    #: ``selected`` examples (null: the miner's own choice -- positives for ``all`` / ``ssd``,
+    #: selected for ``ohem`` / ``random``). The box loss is always divided by the positives.
+    normalize_by: Literal["positives", "selected"] | None = None
+    #: "batch": divide by that count in the batch; "ema": by an EMA of it (saved in checkpoints).
     normalizer: Literal["batch", "ema"] | None = None
     normalizer_momentum: float | None = None
 
@@ -126,6 +135,8 @@ class OHEMMinerConfig:
     nms_iou: float | None = None
     pos_fraction: float | None = None
     pre_nms_topk: int | None = None
+    #: boxes NMS runs over: ``anchors`` (default) or the decoded ``predictions``.
+    nms_boxes: Literal["anchors", "predictions"] | None = None
 
 
 @dataclass
@@ -200,11 +211,28 @@ class TrainConfig:
 
 
 @dataclass
+class PostprocessConfig:
+    """Inference post-processing (``DenseDetector.predict``): score threshold, per-level
+    top-k before NMS, NMS IoU, detections kept per image. Defaults: torchvision's RetinaNet;
+    SSD recipes use SSD's 0.01 / 400 / 0.45 / 200."""
+
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options of ``DenseDetector.predict``."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class EvalConfig:
     """Evaluation during and after training."""
 
     #: evaluate every ``period`` iterations (0: only at the end).
     period: int = 0
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
     batch_size: int = 16
     #: evaluate on the first ``max_images`` images of the split (0: all).
@@ -487,13 +515,23 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("eval.period and vis.period must be >= 0 (0 = off)")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size must be >= 32, got {cfg.data.image_size}")
+    pp = cfg.eval.postprocess
+    if not 0.0 <= pp.score_thresh < 1.0:
+        raise ConfigError(f"eval.postprocess.score_thresh must be in [0, 1), got {pp.score_thresh}")
+    if not 0.0 < pp.nms_thresh <= 1.0:
+        raise ConfigError(f"eval.postprocess.nms_thresh must be in (0, 1], got {pp.nms_thresh}")
+    for key in ("topk_candidates", "detections_per_img"):
+        if getattr(pp, key) < 1:
+            raise ConfigError(f"eval.postprocess.{key} must be >= 1, got {getattr(pp, key)}")
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the fully resolved config as YAML (loadable again with :func:`load_config`)."""
+def save_config(cfg: Config, path: str | Path, header: typing.Sequence[str] = ()) -> Path:
+    """Write the fully resolved config as YAML (loadable again with :func:`load_config`),
+    preceded by ``header`` lines as YAML comments (e.g. the history of resumed changes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    comments = "".join(f"# {line}\n" for line in header)
+    text = comments + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)

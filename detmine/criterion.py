@@ -8,15 +8,26 @@ One step, for a batch of ``B`` images with ``A`` shared anchors::
     box loss     -> over the positive anchors (smooth-L1 | L1 on deltas, GIoU on boxes)
     losses       = {"cls": sum(cls_loss[selected]) / N, "box": box_weight * sum(box_loss) / N}
 
-**Normalisation.** ``N = max(1, number of positive anchors in the whole batch)``
-(``normalizer="batch"``, as torchvision's SSD), or an exponential moving average
-of that count (``normalizer="ema"``, detectron2's RetinaNet: ``momentum`` 0.9,
-starting at 100, updated in training mode only; evaluation mode uses the batch
-count so validation losses do not disturb it). torchvision's RetinaNet instead
-divides each image's loss by that image's positives and averages over images;
-the two agree when every image has the same number of positives (tested).
-Under DDP training the count (and the EMA) uses the mean over the processes, so the
-average of the per-process losses equals the loss of the global batch (tested with two
+**Normalisation.** The box loss is divided by ``N_pos = max(1, positive anchors in the
+batch)``. The classification loss is divided by the count the miner's examples mean
+(``normalize_by``, default the miner's ``normalize_by`` attribute):
+
+- ``"positives"`` (``all`` / focal, ``ssd``): ``N_pos``, as torchvision's SSD and the
+  focal-loss paper;
+- ``"selected"`` (``ohem``, ``random``): the number of selected examples, the Fast R-CNN /
+  OHEM average over the minibatch, so the loss scale does not depend on how many objects
+  an image has (dividing OHEM's 128 examples by the positives made an image with one object
+  weigh 25x more than one with 25, and divided a background-only batch by 1).
+
+``normalizer="batch"`` uses that count in the batch; ``normalizer="ema"`` an exponential
+moving average of it (detectron2's RetinaNet: ``momentum`` 0.9, starting at 100, updated in
+training mode only, saved in the criterion's ``state_dict``; evaluation mode uses the batch
+count so validation losses do not disturb it). The box loss's ``N_pos`` follows the same
+choice when the classification count is the positives (one shared count, as before).
+torchvision's RetinaNet instead divides each image's loss by that image's positives and
+averages over images; the two agree when every image has the same number of positives
+(tested). Under DDP training the counts (and the EMA) use the mean over the processes, so
+the average of the per-process losses equals the loss of the global batch (tested with two
 gloo processes).
 
 Background-only images are fine: they have only background / ignore anchors,
@@ -47,26 +58,43 @@ from detmine.structures import HeadOutputs, Target
 
 CLS_LOSSES = {"softmax": ("softmax_ce",), "sigmoid": ("focal", "balanced_ce")}
 NORMALIZERS = ("batch", "ema")
+NORMALIZE_BY = ("positives", "selected")
+BOX_SOURCES = (None, "anchors", "predictions")
 
 
-def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise :class:`NonFiniteError` naming ``name`` and the first bad image / anchor.
+def nonfinite_message(tensor: Tensor, name: str) -> str | None:
+    """None when ``tensor`` is finite, else a message naming ``name`` and the first bad image /
+    anchor.
 
     The fast path is one float32 ``sum()`` (a single read of the tensor, no
     temporaries, one host sync): it is finite whenever every element is, unless
     the sum overflows, in which case the exact element-wise check decides.
     """
     if bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all()):
-        return
+        return None
     bad = ~torch.isfinite(tensor)
     index = bad.nonzero()[0].tolist()
     value = tensor[tuple(index)].item()
     kind = "NaN" if value != value else "Inf"
     where = f"image {index[0]}" + (f", anchor {index[1]}" if len(index) > 1 else "")
-    raise NonFiniteError(
+    return (
         f"{name} contains {kind} at {where} ({int(bad.sum())} non-finite values of {tensor.numel()}); "
         "the model diverged: lower the learning rate, add warmup, or check the boxes for x2 <= x1"
     )
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    """Raise :class:`NonFiniteError` with :func:`nonfinite_message` when ``tensor`` is not finite."""
+    message = nonfinite_message(tensor, name)
+    if message is not None:
+        raise NonFiniteError(message)
+
+
+def _training_world(module: nn.Module) -> int:
+    """The number of processes whose criterion calls pair up (1 outside DDP training)."""
+    if not (module.training and dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
 
 
 class Criterion(nn.Module):
@@ -76,8 +104,10 @@ class Criterion(nn.Module):
         matcher: assigns anchors to ground truth (:class:`detmine.matching.Matcher`).
         box_coder: encodes regression targets / decodes predictions.
         miner: ``miner(cls_loss [B, A], labels [B, A], boxes [B, A, 4] | None) -> bool [B, A]``.
-            Boxes (decoded predictions, detached) are computed only when
-            ``getattr(miner, "needs_boxes", False)``.
+            Its ``box_source`` attribute says which boxes it gets: ``None`` (none),
+            ``"anchors"`` (the anchors, broadcast over the batch) or ``"predictions"``
+            (the decoded, detached predictions); its ``normalize_by`` attribute the default
+            classification normaliser.
         cls_activation: ``"softmax"`` (logits ``[B, A, K + 1]``, column 0
             background) or ``"sigmoid"`` (``[B, A, K]``).
         cls_loss: ``"softmax_ce"`` (softmax) or ``"focal"`` / ``"balanced_ce"`` (sigmoid).
@@ -88,6 +118,8 @@ class Criterion(nn.Module):
         box_loss: ``"smooth_l1"``, ``"l1"`` or ``"giou"``.
         beta: smooth-L1 beta.
         box_weight: multiplier of the box loss.
+        normalize_by: ``"positives"`` or ``"selected"``; None = the miner's ``normalize_by``
+            (``"positives"`` when it has none).
         normalizer: ``"batch"`` or ``"ema"``.
         normalizer_momentum: EMA momentum.
     """
@@ -106,10 +138,20 @@ class Criterion(nn.Module):
         box_loss: str = "smooth_l1",
         beta: float = 1.0,
         box_weight: float = 1.0,
+        normalize_by: str | None = None,
         normalizer: str = "batch",
         normalizer_momentum: float = 0.9,
     ) -> None:
         super().__init__()
+        if normalize_by is None:
+            normalize_by = getattr(miner, "normalize_by", "positives")
+        if normalize_by not in NORMALIZE_BY:
+            raise ConfigError(f"unknown loss.normalize_by {normalize_by!r}; valid: {', '.join(NORMALIZE_BY)}")
+        box_source = getattr(miner, "box_source", None)
+        if box_source not in BOX_SOURCES:
+            raise ConfigError(
+                f"miner {type(miner).__name__} has box_source {box_source!r}; valid: anchors, predictions, None"
+            )
         if cls_activation not in CLS_LOSSES:
             raise ConfigError(f"unknown cls_activation {cls_activation!r}; valid: softmax, sigmoid")
         if cls_loss not in CLS_LOSSES[cls_activation]:
@@ -137,17 +179,20 @@ class Criterion(nn.Module):
         self.box_loss_name = box_loss
         self.beta = float(beta)
         self.box_weight = float(box_weight)
+        self.normalize_by = normalize_by
+        self.box_source = box_source
         self.normalizer = normalizer
         self.normalizer_momentum = float(normalizer_momentum)
         self.register_buffer("alpha", alpha_t, persistent=False)
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
-        self.register_buffer("num_pos_ema", torch.tensor(100.0))
+        #: EMA of the classification normaliser's count (``normalizer="ema"``), checkpointed.
+        self.register_buffer("count_ema", torch.tensor(100.0))
 
     def extra_repr(self) -> str:
         return (
             f"cls={self.cls_loss_name}, gamma={self.gamma}, box={self.box_loss_name}, beta={self.beta}, "
-            f"box_weight={self.box_weight}, normalizer={self.normalizer}"
+            f"box_weight={self.box_weight}, normalize_by={self.normalize_by}, normalizer={self.normalizer}"
         )
 
     def _cls_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -166,25 +211,41 @@ class Criterion(nn.Module):
             return focal_loss_per_anchor(logits, labels, alpha=alpha, gamma=self.gamma, class_weights=weights)
         return balanced_cross_entropy_per_anchor(logits, labels, alpha=alpha, class_weights=weights)
 
-    def _normalizer(self, num_pos: Tensor) -> Tensor:
-        num_pos = self._mean_over_ranks(num_pos)
-        if self.normalizer == "batch":
-            return num_pos.clamp(min=1).to(torch.float32)
-        if not self.training:
-            return num_pos.clamp(min=1).to(torch.float32)
-        with torch.no_grad():
-            m = self.normalizer_momentum
-            self.num_pos_ema.mul_(m).add_((1.0 - m) * num_pos.to(self.num_pos_ema.dtype))
-        return self.num_pos_ema.clamp(min=1).clone()
+    def _normalizers(self, num_pos: Tensor, num_selected: Tensor) -> tuple[Tensor, Tensor]:
+        """``(classification, box)`` divisors: the counts averaged over processes, at least 1;
+        the classification count (positives or selected) through the EMA when asked."""
+        num_pos = self._mean_over_ranks(num_pos).to(torch.float32)
+        count = num_pos if self.normalize_by == "positives" else self._mean_over_ranks(num_selected)
+        count = count.to(torch.float32)
+        if self.normalizer == "ema" and self.training:
+            with torch.no_grad():
+                m = self.normalizer_momentum
+                self.count_ema.mul_(m).add_((1.0 - m) * count.to(self.count_ema.dtype))
+            cls_norm = self.count_ema.clamp(min=1).clone()
+        else:
+            cls_norm = count.clamp(min=1)
+        box_norm = cls_norm if self.normalize_by == "positives" else num_pos.clamp(min=1)
+        return cls_norm, box_norm
+
+    def _check_outputs_finite(self, logits: Tensor, deltas: Tensor) -> None:
+        """Raise :class:`NonFiniteError` for NaN / Inf head outputs. Under DDP training every
+        process raises together (the flag is all-reduced before any other collective), so a
+        trainer that skips the batch keeps the processes in step."""
+        message = nonfinite_message(logits, "cls_logits") or nonfinite_message(deltas, "box_deltas")
+        if _training_world(self) > 1:
+            flag = torch.tensor([0.0 if message is None else 1.0], device=logits.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if message is None and bool(flag.item()):
+                message = "non-finite head outputs on another process"
+        if message is not None:
+            raise NonFiniteError(message)
 
     def _mean_over_ranks(self, num_pos: Tensor) -> Tensor:
         """Under DDP training, the positive count averaged over the processes, so that the
         mean of the per-process losses (what DDP's gradient averaging computes) equals the loss
         of the whole global batch: ``sum(L_r) / sum(P_r)``. Unchanged in one process and in eval
         (where ranks need not call the criterion together)."""
-        if not (self.training and dist.is_available() and dist.is_initialized()):
-            return num_pos
-        world = dist.get_world_size()
+        world = _training_world(self)
         if world == 1:
             return num_pos
         total = num_pos.detach().to(torch.float32).clone()
@@ -218,8 +279,7 @@ class Criterion(nn.Module):
             )
         if len(targets) != num_images:
             raise ValueError(f"got {len(targets)} targets for a batch of {num_images} images")
-        check_finite(logits, "cls_logits")
-        check_finite(deltas, "box_deltas")
+        self._check_outputs_finite(logits, deltas)
         # Losses in float32 whatever the head's precision (autocast off: the custom
         # autograd functions are not on autocast's lists); a no-op for float32 inputs.
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -235,14 +295,16 @@ class Criterion(nn.Module):
 
         cls_loss = self._cls_loss(logits, labels)
         boxes = None
-        if getattr(self.miner, "needs_boxes", False):
+        if self.box_source == "anchors":
+            boxes = anchors.unsqueeze(0).expand(logits.shape[0], -1, -1)
+        elif self.box_source == "predictions":
             with torch.no_grad():
                 boxes = self.box_coder.decode(deltas.detach(), anchors)
         selected = self.miner(cls_loss.detach(), labels, boxes)
 
         positive = labels > 0
-        normalizer = self._normalizer(positive.sum())
-        loss_cls = torch.where(selected, cls_loss, 0.0).sum() / normalizer
+        cls_norm, box_norm = self._normalizers(positive.sum(), selected.sum())
+        loss_cls = torch.where(selected, cls_loss, 0.0).sum() / cls_norm
 
         pos_b, pos_a = positive.nonzero(as_tuple=True)
         matched_boxes = gt.boxes[pos_b, matched[pos_b, pos_a]]
@@ -254,7 +316,7 @@ class Criterion(nn.Module):
             self.box_coder,
             beta=self.beta,
         )
-        loss_box = loss_box * (self.box_weight / normalizer)
+        loss_box = loss_box * (self.box_weight / box_norm)
         record = MiningRecord(
             labels=labels, selected=selected, cls_loss=cls_loss.detach(), matched_gt=matched
         )
@@ -283,6 +345,7 @@ LOSS_KEYS = (
     "box",
     "beta",
     "box_weight",
+    "normalize_by",
     "normalizer",
     "normalizer_momentum",
 )
@@ -331,7 +394,8 @@ def build_criterion(
             ``"balanced_ce"`` for sigmoid), ``alpha`` (0.25, or one per class),
             ``gamma`` (2.0), ``class_weights`` (list or None), ``box``
             (``"smooth_l1"`` default for softmax, ``"l1"`` for sigmoid, or
-            ``"giou"``), ``beta`` (1.0), ``box_weight`` (1.0), ``normalizer``
+            ``"giou"``), ``beta`` (1.0), ``box_weight`` (1.0), ``normalize_by``
+            (``"positives"`` | ``"selected"``, default the miner's), ``normalizer``
             (``"batch"`` | ``"ema"``), ``normalizer_momentum`` (0.9).
         mining: ``type`` (``"all"``, ``"ssd"``, ``"ohem"``, ``"random"``; default
             ``ssd`` for softmax, ``all`` for sigmoid) plus that miner's options,

@@ -24,3 +24,12 @@ class CheckpointError(DetmineError):
 
 class NonFiniteError(DetmineError):
     """A tensor that must be finite (logits, a loss) contains NaN or Inf."""
+
+
+class TrainingInterrupted(DetmineError):
+    """Training stopped on SIGINT / SIGTERM after writing a checkpoint; ``exit_code`` is the
+    shell's convention (128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,5 +1,6 @@
 """detmine.criterion against torchvision's SSD and RetinaNet loss code, plus bad input."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -237,8 +238,10 @@ def test_boxes_outside_image_are_harmless():
 
 
 class SpyMiner:
-    def __init__(self, needs_boxes):
-        self.needs_boxes = needs_boxes
+    normalize_by = "positives"
+
+    def __init__(self, box_source):
+        self.box_source = box_source
         self.boxes = "not called"
 
     def __call__(self, cls_loss, labels, boxes):
@@ -247,20 +250,134 @@ class SpyMiner:
         return labels >= 0
 
 
-@pytest.mark.parametrize("needs_boxes", [True, False])
-def test_miner_gets_decoded_boxes_only_when_needed(needs_boxes):
+@pytest.mark.parametrize("box_source", ["predictions", "anchors", None])
+def test_miner_gets_the_boxes_it_asks_for(box_source):
     gen = torch.Generator().manual_seed(9)
     anchors = random_boxes(60, gen)
     targets = make_targets(gen, [2, 1], 3)
     outputs = make_outputs(gen, 2, anchors, 4)
     coder = BoxCoder(SSD_WEIGHTS)
-    spy = SpyMiner(needs_boxes)
+    spy = SpyMiner(box_source)
     Criterion(matcher=Matcher.ssd(), box_coder=coder, miner=spy)(outputs, anchors, targets)
-    if needs_boxes:
+    if box_source == "predictions":
         assert not spy.boxes.requires_grad
         torch.testing.assert_close(spy.boxes, coder.decode(outputs.box_deltas.detach(), anchors))
+    elif box_source == "anchors":
+        assert spy.boxes.shape == (2, 60, 4)
+        torch.testing.assert_close(spy.boxes[0], anchors)
+        torch.testing.assert_close(spy.boxes[1], anchors)
     else:
         assert spy.boxes is None
+
+
+def test_unknown_box_source_is_a_config_error():
+    with pytest.raises(ConfigError, match="box_source"):
+        Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=SpyMiner("rois"))
+
+
+class FixedCountMiner:
+    """Selects the first ``k`` non-ignored anchors of each image (independent of the loss)."""
+
+    box_source = None
+
+    def __init__(self, k, normalize_by):
+        self.k, self.normalize_by = k, normalize_by
+
+    def __call__(self, cls_loss, labels, boxes):
+        eligible = labels >= 0
+        return eligible & (eligible.cumsum(1) <= self.k)
+
+
+def _one_image_with(num_objects, gen):
+    """One 128 px image with ``num_objects`` boxes and a head whose per-anchor loss is the same
+    for every object count (all-zero logits: CE = log(K + 1) on every anchor)."""
+    anchors = torch.stack(
+        torch.meshgrid(torch.arange(0, 128, 8.0), torch.arange(0, 128, 8.0), indexing="ij"), -1
+    ).reshape(-1, 2)
+    anchors = torch.cat([anchors, anchors + 16], 1)
+    targets = [
+        {
+            "boxes": anchors[torch.randperm(len(anchors), generator=gen)[:num_objects]].clone(),
+            "labels": torch.ones(num_objects, dtype=torch.int64),
+            "ignore_boxes": torch.zeros((0, 4)),
+        }
+    ]
+    logits = torch.zeros(1, len(anchors), 4, requires_grad=True)
+    outputs = HeadOutputs(logits, torch.zeros(1, len(anchors), 4), anchors)
+    return outputs, anchors, targets
+
+
+@pytest.mark.parametrize("miner_type", ["ohem", "random"])
+def test_ohem_and_random_loss_scale_does_not_depend_on_the_object_count(miner_type):
+    gen = torch.Generator().manual_seed(21)
+    values = []
+    for num_objects in (1, 25):
+        outputs, anchors, targets = _one_image_with(num_objects, gen)
+        criterion = build_criterion(
+            "softmax", BoxCoder(SSD_WEIGHTS), {}, {}, {"type": miner_type, "batch_size_per_image": 64}
+        )
+        assert criterion.normalize_by == "selected"
+        losses, record = criterion(outputs, anchors, targets)
+        assert int(record.selected.sum()) == 64
+        values.append(float(losses["cls"].detach()))
+    # every anchor's CE is log(4): the mean over the selected examples, whatever the count
+    assert values == pytest.approx([math.log(4.0)] * 2, rel=1e-5)
+
+
+def test_background_only_batch_is_averaged_over_the_selected_examples():
+    gen = torch.Generator().manual_seed(22)
+    outputs, anchors, targets = _one_image_with(0, gen)
+    miner = FixedCountMiner(50, "selected")
+    losses, _ = Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=miner)(
+        outputs, anchors, targets
+    )
+    assert float(losses["cls"].detach()) == pytest.approx(math.log(4.0), rel=1e-5)  # not 50 x log 4
+    assert float(losses["box"]) == 0.0
+
+
+@pytest.mark.parametrize("normalize_by", ["positives", "selected"])
+def test_normalize_by_divides_the_selected_loss_by_that_count(normalize_by):
+    gen = torch.Generator().manual_seed(23)
+    anchors = random_boxes(200, gen)
+    targets = make_targets(gen, [3, 2], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    miner = FixedCountMiner(40, normalize_by)
+    criterion = Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=miner)
+    losses, record = criterion(outputs, anchors, targets)
+    labels = record.labels
+    per_anchor = torch.nn.functional.cross_entropy(
+        outputs.cls_logits.reshape(-1, 4), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).reshape(labels.shape)
+    num_pos = max(1, int((labels > 0).sum()))
+    count = num_pos if normalize_by == "positives" else int(record.selected.sum())
+    torch.testing.assert_close(losses["cls"], per_anchor[record.selected].sum() / count)
+    # the box loss is divided by the positives either way
+    other = Criterion(
+        matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=FixedCountMiner(40, "positives")
+    )
+    torch.testing.assert_close(losses["box"], other(outputs, anchors, targets)[0]["box"])
+
+
+def test_ema_applies_to_the_selected_count():
+    gen = torch.Generator().manual_seed(24)
+    anchors = random_boxes(200, gen)
+    targets = make_targets(gen, [3, 2], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    batch = Criterion(
+        matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=FixedCountMiner(40, "selected")
+    )
+    ema = Criterion(
+        matcher=Matcher.ssd(),
+        box_coder=BoxCoder(SSD_WEIGHTS),
+        miner=FixedCountMiner(40, "selected"),
+        normalizer="ema",
+    )
+    ref, _ = batch(outputs, anchors, targets)
+    losses, _ = ema(outputs, anchors, targets)
+    expected = 0.9 * 100.0 + 0.1 * 80.0
+    assert ema.count_ema.item() == pytest.approx(expected)
+    torch.testing.assert_close(losses["cls"], ref["cls"] * 80.0 / expected)
+    torch.testing.assert_close(losses["box"], ref["box"])
 
 
 def test_ohem_miner_runs_through_the_criterion():
@@ -288,13 +405,13 @@ def test_ema_normaliser():
     num_pos = float(record.positives.sum())
     losses, _ = criterion(outputs, anchors, targets)
     ema = 0.9 * 100.0 + 0.1 * num_pos
-    assert criterion.num_pos_ema.item() == pytest.approx(ema)
+    assert criterion.count_ema.item() == pytest.approx(ema)
     torch.testing.assert_close(losses["cls"], ref["cls"] * num_pos / ema)
-    assert "num_pos_ema" in criterion.state_dict()
+    assert "count_ema" in criterion.state_dict()
     criterion.eval()  # evaluation: batch count, EMA untouched
     losses, _ = criterion(outputs, anchors, targets)
     torch.testing.assert_close(losses["cls"], ref["cls"])
-    assert criterion.num_pos_ema.item() == pytest.approx(ema)
+    assert criterion.count_ema.item() == pytest.approx(ema)
 
 
 def test_giou_and_weights_options():

@@ -318,6 +318,7 @@ def evaluate(
     metrics: Iterable[str] | None = None,
     is_main: bool | None = None,
     results_path: str | os.PathLike | None = None,
+    predict_options: dict[str, Any] | None = None,
 ) -> EvalResult | None:
     """Predict over ``loader`` and score the detections with :class:`CocoEvaluator`.
 
@@ -331,6 +332,9 @@ def evaluate(
         device: where to run the model (default: the device of its first parameter).
         progress: show a tqdm bar (main rank only).
         results_path: also write the COCO results JSON there (main rank, all ranks' detections).
+        predict_options: post-processing keywords of ``predict`` (``score_thresh``,
+            ``topk_candidates``, ``nms_thresh``, ``detections_per_img``: the config's
+            ``eval.postprocess``); None = the model's defaults.
 
     Returns:
         :class:`EvalResult` on the main rank, None on the others.
@@ -352,6 +356,7 @@ def evaluate(
                     images.to(device, non_blocking=True),
                     input_sizes=[tuple(t["input_size"]) for t in targets],
                     orig_sizes=[tuple(t["orig_size"]) for t in targets],
+                    **(predict_options or {}),
                 )
             evaluator.process(targets, detections)
     finally:
