@@ -38,6 +38,8 @@ class OHEMMiner:
     suppresses a negative: they are different examples, not duplicates); the
     ``min(floor(pos_fraction * batch_size_per_image), surviving positives)``
     hardest positives are kept and the hardest surviving negatives fill the rest.
+    The selection equals this rule applied to the NMS over each whole pool (of
+    ``pre_nms_topk`` candidates).
 
     Defaults: ``batch_size_per_image=128`` -- the OHEM paper's ROI budget and the
     batch size of the best OHEM setting the focal paper reports on a dense
@@ -98,11 +100,28 @@ class OHEMMiner:
 
     def _quotas(self, survivors: Tensor) -> Tensor:
         """``[B, G]`` int64: how many survivors of each pool are taken, given the
-        per-pool survivor counts ``survivors [B, G]`` (``G`` = 1 or 2 pools)."""
+        per-pool survivor counts ``survivors [B, G]`` (``G`` = 1 or 2 pools) of the
+        whole pools."""
         if self.pos_fraction is None:
             return torch.full_like(survivors, self.batch_size_per_image)
         num_pos = survivors[:, :1].clamp(max=int(self.pos_fraction * self.batch_size_per_image))
         return torch.cat([num_pos, self.batch_size_per_image - num_pos], dim=1)
+
+    def _targets(self, found: Tensor) -> Tensor:
+        """``[B, G]`` int64: the largest quota each pool may still need, given the
+        survivors ``found [B, G]`` so far (a lower bound of the whole pools' counts).
+
+        Unlike :meth:`_quotas` this does not clamp a pool's own quota to what it
+        has found: the positive pool needs ``floor(pos_fraction * batch)`` survivors
+        (it is short while it has fewer and is not exhausted); the negative pool
+        needs ``batch - min(found positives, that)``, which can only shrink as more
+        positives are found, so it bounds the final negative quota from above.
+        """
+        if self.pos_fraction is None:
+            return torch.full_like(found, self.batch_size_per_image)
+        max_pos = int(self.pos_fraction * self.batch_size_per_image)
+        num_pos = found[:, :1].clamp(max=max_pos)
+        return torch.cat([torch.full_like(num_pos, max_pos), self.batch_size_per_image - num_pos], dim=1)
 
     def _candidates(self, loss: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Top-loss candidates of each pool: ``(loss, anchor index, valid)``, each ``[B, G, C]``.
@@ -131,7 +150,9 @@ class OHEMMiner:
         exactly equal losses straddling the prefix boundary). Hence it
         starts with ``2 x batch_size_per_image`` columns and doubles the prefix only
         for the images that have not found enough survivors yet (NMS cost grows
-        quadratically with the number of boxes).
+        quadratically with the number of boxes). An image is done when each of its
+        pools is exhausted or has found its largest possible quota
+        (:meth:`_targets`), so the survivors :meth:`_quotas` takes all lie in the prefix.
         """
         num_images, num_pools, num_cand = loss.shape
         survived = torch.zeros_like(valid)
@@ -152,7 +173,7 @@ class OHEMMiner:
                 return survived
             found = sub_survived.sum(dim=2)
             exhausted = ~valid[rows, :, prefix:].any(dim=2)
-            enough = ((found >= self._quotas(found)) | exhausted).all(dim=1)
+            enough = ((found >= self._targets(found)) | exhausted).all(dim=1)
             rows = rows[~enough]
             if len(rows) == 0:
                 return survived

@@ -169,3 +169,107 @@ def test_ranks_on_detached_loss():
     loss.requires_grad_()
     selected = OHEMMiner(batch_size_per_image=8)(loss * 1, labels, boxes.requires_grad_())
     assert not selected.requires_grad and selected.dtype == torch.bool
+
+
+def _brute_force(loss, labels, boxes, batch_size, iou, pos_fraction, pre_nms_topk):
+    """The OHEM rule written out per image with torchvision.ops.nms over each whole pool.
+
+    Independent of the miner's code: per image, each pool's ``pre_nms_topk`` highest-loss
+    anchors, full NMS over them, then ``min(floor(pos_fraction * batch), positives kept)``
+    positives and the hardest negatives to fill ``batch`` (one pool of all non-ignored
+    anchors and the ``batch`` hardest survivors without ``pos_fraction``).
+    """
+    selected = torch.zeros_like(labels, dtype=torch.bool)
+    for b in range(labels.shape[0]):
+        if pos_fraction is None:
+            pools, quotas = [labels[b] >= 0], [batch_size]
+        else:
+            pools = [labels[b] > 0, labels[b] == 0]
+            quotas = [int(pos_fraction * batch_size), None]
+        taken = 0
+        for eligible, quota in zip(pools, quotas, strict=True):
+            members = eligible.nonzero().flatten()
+            candidates = members[loss[b, members].argsort(descending=True)[:pre_nms_topk]]
+            survivors = candidates[nms(boxes[b, candidates], loss[b, candidates], iou)]
+            count = min(batch_size - taken if quota is None else quota, len(survivors))
+            selected[b, survivors[:count]] = True
+            taken += count
+    return selected
+
+
+def _crowded_positives(num_images: int, seed: int):
+    """Per image: 300 near-identical positives on one object with the highest losses,
+    then 40 distinct lower-loss positives, then 900 scattered negatives (some overlapping)."""
+    g = torch.Generator().manual_seed(seed)
+    loss, labels, boxes = [], [], []
+    for _ in range(num_images):
+        crowd = torch.tensor([100.0, 100.0, 200.0, 200.0]) + torch.rand(300, 4, generator=g)  # IoU > 0.95
+        step = torch.arange(40.0)[:, None] * 60
+        distinct = torch.cat([step + 1000, torch.zeros(40, 1), step + 1040, torch.full((40, 1), 40.0)], 1)
+        corner = torch.rand(900, 2, generator=g) * 800
+        negatives = torch.cat([corner, corner + torch.rand(900, 2, generator=g) * 40 + 10], 1)
+        boxes.append(torch.cat([crowd, distinct, negatives]))
+        loss.append(
+            torch.cat(
+                [
+                    3 + torch.rand(300, generator=g),  # the crowd: the hardest positives
+                    1 + torch.rand(40, generator=g),
+                    torch.rand(900, generator=g) * 4,  # negatives: any loss
+                ]
+            )
+        )
+        label = torch.zeros(1240, dtype=torch.long)
+        label[:340] = 1
+        labels.append(label)
+    return torch.stack(loss), torch.stack(labels), torch.stack(boxes)
+
+
+@pytest.mark.parametrize("pre_nms_topk", [10_000, 700])
+@pytest.mark.parametrize("batch_size", [64, 128])
+def test_pos_fraction_fills_its_quota_when_duplicates_crowd_one_object(batch_size, pre_nms_topk):
+    # The first 2 x batch positive candidates all lie on one object: one survives there,
+    # so the positive pool must reach further for the quota instead of ceding it to negatives.
+    loss, labels, boxes = _crowded_positives(2, seed=7)
+    labels[1, 300:340] = -1  # image 1: only the crowd -> one positive, negatives fill the rest
+    miner = OHEMMiner(
+        batch_size_per_image=batch_size, nms_iou=0.7, pos_fraction=0.25, pre_nms_topk=pre_nms_topk
+    )
+    selected = miner(loss, labels, boxes)
+    expected = _brute_force(loss, labels, boxes, batch_size, 0.7, 0.25, pre_nms_topk)
+    assert torch.equal(selected, expected)
+    assert (selected & (labels > 0)).sum(1).tolist() == [batch_size // 4, 1]
+    assert selected.sum(1).tolist() == [batch_size, batch_size]
+
+
+@pytest.mark.parametrize("pos_fraction", [None, 0.25, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_brute_force_on_random_data_with_duplicates(seed, pos_fraction, monkeypatch):
+    rounds, original_nms = [], ohem_module.batched_nms
+
+    def counting_nms(*args):
+        rounds[-1] += 1
+        return original_nms(*args)
+
+    monkeypatch.setattr(ohem_module, "batched_nms", counting_nms)
+    g = torch.Generator().manual_seed(seed)
+    num_images, num_anchors = 3, 900
+    loss, labels, boxes = _problem(num_images, num_anchors, seed=10 + seed)
+    # duplicates crowd the top of each pool: 40 random anchors become the hardest, and a
+    # third of the anchors copy one of them (box with a small jitter, label, a slightly
+    # lower loss), so the first candidates of a pool hold few NMS survivors
+    perm = torch.randperm(num_anchors, generator=g)
+    sources, copies = perm[:40], perm[40 : 40 + num_anchors // 3]
+    loss[:, sources] += 1.0
+    source_of = sources[torch.randint(0, len(sources), (len(copies),), generator=g)]
+    boxes[:, copies] = boxes[:, source_of] + torch.rand(num_images, len(copies), 4, generator=g)
+    labels[:, copies] = labels[:, source_of]
+    loss[:, copies] = loss[:, source_of] * (1 - 0.05 * torch.rand(num_images, len(copies), generator=g))
+    loss = loss.argsort(dim=1).argsort(dim=1).float() / num_anchors  # ranks: distinct per image
+    for batch_size, iou, pre_nms_topk in [(32, 0.5, 1024), (100, 0.7, 1024), (64, 0.3, 150)]:
+        miner = OHEMMiner(
+            batch_size_per_image=batch_size, nms_iou=iou, pos_fraction=pos_fraction, pre_nms_topk=pre_nms_topk
+        )
+        expected = _brute_force(loss, labels, boxes, batch_size, iou, pos_fraction, pre_nms_topk)
+        rounds.append(0)
+        assert torch.equal(miner(loss, labels, boxes), expected), (batch_size, iou, pre_nms_topk)
+    assert max(rounds) > 1  # the NMS prefix grew in at least one case: not only the first round
