@@ -5,8 +5,23 @@ Every miner is a small callable with one signature (see DESIGN.md)::
     miner(cls_loss [B, A], labels [B, A], boxes [B, A, 4] | None) -> bool [B, A]
 
 It ranks on ``cls_loss.detach()`` and never selects an ignored anchor (label -1).
-The class attribute ``needs_boxes`` tells the criterion whether to pass boxes
-(only ``ohem`` needs them, for NMS); the others accept and ignore ``boxes``.
+
+Two attributes on every miner tell the criterion what the miner needs:
+
+``box_source``: ``None`` | ``"anchors"`` | ``"predictions"``
+    Which boxes to pass as ``boxes``. ``None``: the miner takes no boxes (it
+    accepts and ignores them; ``all``, ``ssd``, ``random``). ``"anchors"``: the
+    anchors, expanded to ``[B, A, 4]``. ``"predictions"``: the decoded predicted
+    boxes, detached. ``ohem`` (NMS) sets it per instance from its ``nms_boxes``
+    option (default ``"anchors"``) and raises :class:`~detmine.errors.ConfigError`
+    when given ``boxes=None``.
+``normalize_by``: ``"positives"`` | ``"selected"``
+    What the summed classification loss of the selected anchors is divided by:
+    the number of positive anchors (``all``, ``ssd``: the SSD and focal-loss
+    papers) or the number of selected anchors (``ohem``, ``random``: the
+    Fast R-CNN / OHEM average over the minibatch of selected examples). The
+    criterion applies it (at least 1, batch or EMA count, averaged under DDP);
+    the miner only declares it.
 
 Build one from a config section with :func:`build_miner`; ``mining.type: ohem``
 and ``build_miner("ohem")`` name the same class through :data:`MINERS`.
@@ -18,6 +33,7 @@ import inspect
 from typing import Any
 
 from detmine.errors import ConfigError
+from detmine.mining._common import BOX_SOURCES, NORMALIZE_BY
 from detmine.mining.all_anchors import AllAnchorsMiner
 from detmine.mining.ohem import OHEMMiner
 from detmine.mining.random_sampling import RandomMiner
@@ -57,7 +73,9 @@ def build_miner(type: str, **options: Any) -> Miner:
 
 
 __all__ = [
+    "BOX_SOURCES",
     "MINERS",
+    "NORMALIZE_BY",
     "AllAnchorsMiner",
     "Miner",
     "MiningRecord",

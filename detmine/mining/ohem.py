@@ -1,7 +1,8 @@
 """The ``ohem`` miner: online hard example mining (Shrivastava et al. 2016) for dense heads.
 
 Every non-ignored anchor is scored by its (detached) classification loss; NMS
-over the anchors' boxes with the loss as score removes near duplicates, and the
+over its box (the anchor, or its decoded prediction: ``nms_boxes``) with the
+loss as score removes near duplicates, and the
 ``batch_size_per_image`` highest-loss survivors of each image count. This is
 the one-stage adaptation the focal-loss paper (Lin et al. 2017, sec. 5.1 and
 Table 1d) compares against.
@@ -14,7 +15,10 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from detmine.errors import ConfigError
-from detmine.mining.all_anchors import check_miner_inputs
+from detmine.mining._common import check_miner_inputs
+
+#: Valid values of ``OHEMMiner(nms_boxes=...)``.
+NMS_BOXES = ("anchors", "predictions")
 
 
 class OHEMMiner:
@@ -49,11 +53,22 @@ class OHEMMiner:
     ``2 x batch_size_per_image`` of them and reaches further only for images where
     too few survive (exact either way, see :meth:`_nms_survivors`).
 
-    Which boxes are passed is the criterion's choice: the anchors themselves or
-    the decoded predictions (the OHEM paper uses the ROI boxes that were scored).
+    Which boxes NMS runs over is the ``nms_boxes`` option, exposed to the
+    criterion as the instance attribute ``box_source`` (equal to ``nms_boxes``):
+    ``"anchors"`` (default) -- the anchors themselves, the dense analogue of the
+    paper's RoIs (the OHEM paper runs NMS over the RoIs that were scored), and
+    cheaper (no decoding); ``"predictions"`` -- the decoded predicted boxes. Note
+    that the box regression is trained on positives only, so a negative's
+    predicted box is never trained: its shape is whatever the regressor outputs
+    for background, and NMS over it suppresses by untrained geometry.
+
+    The classification loss of the selection is divided by the number of
+    selected anchors (``normalize_by = "selected"``): the average over the
+    minibatch of selected RoIs, as in Fast R-CNN and the OHEM paper.
 
     Call: ``miner(cls_loss [B, A], labels [B, A], boxes [B, A, 4]) -> bool [B, A]``;
-    ``needs_boxes = True``: ``boxes=None`` raises :class:`ConfigError`.
+    ``boxes`` are those named by ``box_source``; ``boxes=None`` raises
+    :class:`ConfigError`.
 
     Args:
         batch_size_per_image: anchors kept per image.
@@ -62,9 +77,12 @@ class OHEMMiner:
             maximal share of positives in ``(0, 1]``.
         pre_nms_topk: at most this many candidates per image (per pool with
             ``pos_fraction``) reach NMS; ``>= batch_size_per_image``.
+        nms_boxes: ``"anchors"`` or ``"predictions"``: the boxes NMS runs over
+            (see above); becomes ``box_source``.
     """
 
-    needs_boxes: bool = True
+    box_source: str
+    normalize_by: str = "selected"
 
     def __init__(
         self,
@@ -73,6 +91,7 @@ class OHEMMiner:
         nms_iou: float = 0.7,
         pos_fraction: float | None = None,
         pre_nms_topk: int = 1024,
+        nms_boxes: str = "anchors",
     ) -> None:
         if isinstance(batch_size_per_image, bool) or not isinstance(batch_size_per_image, int):
             raise ConfigError(f"mining.batch_size_per_image must be an integer, got {batch_size_per_image!r}")
@@ -93,10 +112,17 @@ class OHEMMiner:
                 f"mining.pre_nms_topk must be >= mining.batch_size_per_image ({batch_size_per_image}), "
                 f"got {pre_nms_topk}"
             )
+        if nms_boxes not in NMS_BOXES:
+            raise ConfigError(
+                f"mining.ohem.nms_boxes must be one of {', '.join(repr(v) for v in NMS_BOXES)}, "
+                f"got {nms_boxes!r}"
+            )
         self.batch_size_per_image = batch_size_per_image
         self.nms_iou = float(nms_iou)
         self.pos_fraction = None if pos_fraction is None else float(pos_fraction)
         self.pre_nms_topk = pre_nms_topk
+        self.nms_boxes = nms_boxes
+        self.box_source = nms_boxes
 
     def _quotas(self, survivors: Tensor) -> Tensor:
         """``[B, G]`` int64: how many survivors of each pool are taken, given the
@@ -182,8 +208,8 @@ class OHEMMiner:
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None) -> Tensor:
         if boxes is None:
             raise ConfigError(
-                "mining.type 'ohem' runs NMS over the anchors' boxes, but the criterion passed boxes=None "
-                "(OHEMMiner.needs_boxes is True)"
+                f"mining.type 'ohem' runs NMS over boxes (mining.ohem.nms_boxes={self.box_source!r}), "
+                "but the criterion passed boxes=None"
             )
         num_images, num_anchors = check_miner_inputs("ohem", cls_loss, labels, boxes)
         loss, index, valid = self._candidates(cls_loss.detach().float(), labels)
@@ -203,5 +229,6 @@ class OHEMMiner:
     def __repr__(self) -> str:
         return (
             f"OHEMMiner(batch_size_per_image={self.batch_size_per_image}, nms_iou={self.nms_iou}, "
-            f"pos_fraction={self.pos_fraction}, pre_nms_topk={self.pre_nms_topk})"
+            f"pos_fraction={self.pos_fraction}, pre_nms_topk={self.pre_nms_topk}, "
+            f"nms_boxes={self.nms_boxes!r})"
         )

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from detmine.errors import ConfigError
-from detmine.mining.all_anchors import check_miner_inputs
+from detmine.mining._common import check_miner_inputs
 
 
 class RandomMiner:
@@ -20,8 +20,13 @@ class RandomMiner:
     the positives (negatives) with the ``p`` (``n``) largest keys, by one ``topk``
     over the batch for each kind.
 
+    The classification loss of the selection is divided by the number of
+    selected anchors (``normalize_by = "selected"``): the average over the
+    sampled minibatch, as Faster R-CNN's RPN and Fast R-CNN do.
+
     Call: ``miner(cls_loss [B, A], labels [B, A], boxes=None) -> bool [B, A]``;
-    the loss only provides the device/shape (``needs_boxes = False``).
+    the loss only provides the device/shape; ``boxes`` is accepted and unused
+    (``box_source = None``).
 
     Args:
         batch_size_per_image: anchors drawn per image (Faster R-CNN RPN: 256).
@@ -33,7 +38,8 @@ class RandomMiner:
             ``seed`` when training resumes).
     """
 
-    needs_boxes: bool = False
+    box_source: str | None = None
+    normalize_by: str = "selected"
 
     def __init__(
         self, *, batch_size_per_image: int = 256, pos_fraction: float = 0.5, seed: int | None = None

@@ -21,13 +21,22 @@ class Miner(Protocol):
         cls_loss: ``[B, A]`` per-anchor classification loss (detached or not; miners
             rank on ``cls_loss.detach()``).
         labels: ``[B, A]`` int64, ``-1`` ignore, ``0`` background, ``1..K`` class.
-        boxes: ``[B, A, 4]`` xyxy boxes of the anchors (decoded predictions or the
-            anchors themselves) -- needed by NMS-based miners, else may be ``None``.
+        boxes: ``[B, A, 4]`` xyxy boxes named by ``box_source`` (the anchors
+            themselves or the decoded predictions) -- needed by NMS-based miners,
+            else may be ``None``.
 
     Returns:
         ``[B, A]`` bool: the anchors whose classification loss counts. Never
         selects an ignored anchor.
+
+    Attributes:
+        box_source: ``None`` (takes no boxes), ``"anchors"`` or ``"predictions"``.
+        normalize_by: ``"positives"`` or ``"selected"``: what the classification
+            loss of the selection is divided by (see :mod:`detmine.mining`).
     """
+
+    box_source: str | None
+    normalize_by: str
 
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None) -> Tensor: ...
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from detmine.errors import ConfigError
-from detmine.mining.all_anchors import check_miner_inputs
+from detmine.mining._common import check_miner_inputs
 
 
 class SSDMiner:
@@ -36,15 +36,20 @@ class SSDMiner:
     rank test also picks positives as "negatives", so its loss counts their CE
     twice; a mask cannot.
 
+    The classification loss of the selection is divided by the number of
+    positives (``normalize_by = "positives"``), as the SSD paper's
+    ``L = (L_conf + alpha L_loc) / N`` with ``N`` the matched default boxes.
+
     Call: ``miner(cls_loss [B, A], labels [B, A], boxes=None) -> bool [B, A]``;
-    ``boxes`` is accepted and unused (``needs_boxes = False``).
+    ``boxes`` is accepted and unused (``box_source = None``).
 
     Args:
         neg_pos_ratio: negatives per positive (SSD: 3). May be fractional.
         min_negatives: negatives kept per image even with few or no positives.
     """
 
-    needs_boxes: bool = False
+    box_source: str | None = None
+    normalize_by: str = "positives"
 
     def __init__(self, *, neg_pos_ratio: float = 3, min_negatives: int = 0) -> None:
         if (

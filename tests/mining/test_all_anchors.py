@@ -17,8 +17,9 @@ def test_all_ignored_image_selects_nothing():
     assert not AllAnchorsMiner()(torch.rand(1, 7), labels, None).any()
 
 
-def test_needs_no_boxes_but_accepts_them():
-    assert AllAnchorsMiner.needs_boxes is False
+def test_takes_no_boxes_but_accepts_them():
+    assert AllAnchorsMiner.box_source is None
+    assert AllAnchorsMiner.normalize_by == "positives"
     labels = torch.tensor([[0, 1]])
     assert AllAnchorsMiner()(torch.rand(1, 2), labels, torch.rand(1, 2, 4)).all()
 

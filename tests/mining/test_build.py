@@ -2,47 +2,82 @@ import pytest
 import torch
 
 from detmine.errors import ConfigError
-from detmine.mining import MINERS, AllAnchorsMiner, OHEMMiner, RandomMiner, SSDMiner, build_miner
+from detmine.mining import (
+    BOX_SOURCES,
+    MINERS,
+    NORMALIZE_BY,
+    AllAnchorsMiner,
+    OHEMMiner,
+    RandomMiner,
+    SSDMiner,
+    build_miner,
+)
 
 
 @pytest.mark.parametrize(
-    "name, cls, needs_boxes",
+    "name, cls, box_source, normalize_by",
     [
-        ("all", AllAnchorsMiner, False),
-        ("ssd", SSDMiner, False),
-        ("ohem", OHEMMiner, True),
-        ("random", RandomMiner, False),
+        ("all", AllAnchorsMiner, None, "positives"),
+        ("ssd", SSDMiner, None, "positives"),
+        ("ohem", OHEMMiner, "anchors", "selected"),
+        ("random", RandomMiner, None, "selected"),
     ],
 )
-def test_table_names_the_classes(name, cls, needs_boxes):
+def test_table_names_the_classes(name, cls, box_source, normalize_by):
     assert MINERS[name] is cls
     miner = build_miner(name)
     assert isinstance(miner, cls)
-    assert miner.needs_boxes is needs_boxes
+    assert miner.box_source == box_source
+    assert miner.normalize_by == normalize_by
+
+
+@pytest.mark.parametrize("name", sorted(MINERS))
+def test_every_miner_declares_the_interface(name):
+    miner = build_miner(name)
+    assert miner.box_source in BOX_SOURCES
+    assert miner.normalize_by in NORMALIZE_BY
+    assert not hasattr(miner, "needs_boxes")  # replaced by box_source
+    if name != "ohem":  # a class attribute, except ohem's (per instance, from nms_boxes)
+        assert MINERS[name].box_source == miner.box_source
+    assert MINERS[name].normalize_by == miner.normalize_by
+
+
+def test_ohem_box_source_follows_nms_boxes():
+    assert build_miner("ohem", nms_boxes="predictions").box_source == "predictions"
+    assert build_miner("ohem", nms_boxes="anchors").box_source == "anchors"
 
 
 def test_options_reach_the_constructor():
     ssd = build_miner("ssd", neg_pos_ratio=2, min_negatives=16)
     assert (ssd.neg_pos_ratio, ssd.min_negatives) == (2, 16)
-    ohem = build_miner("ohem", batch_size_per_image=64, nms_iou=0.5, pos_fraction=0.25, pre_nms_topk=256)
-    assert (ohem.batch_size_per_image, ohem.nms_iou, ohem.pos_fraction, ohem.pre_nms_topk) == (
-        64,
-        0.5,
-        0.25,
-        256,
+    ohem = build_miner(
+        "ohem",
+        batch_size_per_image=64,
+        nms_iou=0.5,
+        pos_fraction=0.25,
+        pre_nms_topk=256,
+        nms_boxes="predictions",
     )
+    assert (
+        ohem.batch_size_per_image,
+        ohem.nms_iou,
+        ohem.pos_fraction,
+        ohem.pre_nms_topk,
+        ohem.nms_boxes,
+    ) == (64, 0.5, 0.25, 256, "predictions")
     rnd = build_miner("random", batch_size_per_image=32, pos_fraction=0.25, seed=3)
     assert (rnd.batch_size_per_image, rnd.pos_fraction, rnd.seed) == (32, 0.25, 3)
 
 
 def test_ohem_defaults():
     ohem = build_miner("ohem")
-    assert (ohem.batch_size_per_image, ohem.nms_iou, ohem.pos_fraction, ohem.pre_nms_topk) == (
-        128,
-        0.7,
-        None,
-        1024,
-    )
+    assert (
+        ohem.batch_size_per_image,
+        ohem.nms_iou,
+        ohem.pos_fraction,
+        ohem.pre_nms_topk,
+        ohem.nms_boxes,
+    ) == (128, 0.7, None, 1024, "anchors")
 
 
 def test_unknown_type_names_value_and_choices():
@@ -74,6 +109,16 @@ def test_unknown_option_names_it_and_the_valid_ones():
 def test_bad_values_are_config_errors_naming_the_key(name, options, key):
     with pytest.raises(ConfigError, match=f"mining.{key}"):
         build_miner(name, **options)
+
+
+@pytest.mark.parametrize("value", ["rois", "Anchors", None, 1])
+def test_bad_nms_boxes_names_key_value_and_valid_ones(value):
+    with pytest.raises(ConfigError) as info:
+        build_miner("ohem", nms_boxes=value)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "mining.ohem.nms_boxes" in message and repr(value) in message
+    assert "'anchors'" in message and "'predictions'" in message
 
 
 @pytest.mark.parametrize("name", sorted(MINERS))

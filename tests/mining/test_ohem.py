@@ -158,17 +158,19 @@ def test_low_loss_positives_still_fill_the_positive_quota():
     assert selected.sum().item() == 32
 
 
-def test_needs_boxes():
-    assert OHEMMiner.needs_boxes is True
-    with pytest.raises(ConfigError, match="ohem.*boxes"):
-        OHEMMiner()(torch.rand(1, 5), torch.zeros(1, 5, dtype=torch.long), None)
+@pytest.mark.parametrize("nms_boxes", ["anchors", "predictions"])
+def test_box_source_is_nms_boxes_and_boxes_are_required(nms_boxes):
+    miner = OHEMMiner(nms_boxes=nms_boxes)
+    assert miner.box_source == miner.nms_boxes == nms_boxes
+    assert miner.normalize_by == "selected"
+    assert nms_boxes in repr(miner)
+    with pytest.raises(ConfigError, match=f"ohem.*boxes.*{nms_boxes}.*boxes=None"):
+        miner(torch.rand(1, 5), torch.zeros(1, 5, dtype=torch.long), None)
 
 
-def test_ranks_on_detached_loss():
-    loss, labels, boxes = _problem(2, 100, seed=4)
-    loss.requires_grad_()
-    selected = OHEMMiner(batch_size_per_image=8)(loss * 1, labels, boxes.requires_grad_())
-    assert not selected.requires_grad and selected.dtype == torch.bool
+def test_bad_nms_boxes_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"mining\.ohem\.nms_boxes.*'anchors', 'predictions'.*'decoded'"):
+        OHEMMiner(nms_boxes="decoded")
 
 
 def _brute_force(loss, labels, boxes, batch_size, iou, pos_fraction, pre_nms_topk):
@@ -273,3 +275,10 @@ def test_equals_brute_force_on_random_data_with_duplicates(seed, pos_fraction, m
         rounds.append(0)
         assert torch.equal(miner(loss, labels, boxes), expected), (batch_size, iou, pre_nms_topk)
     assert max(rounds) > 1  # the NMS prefix grew in at least one case: not only the first round
+
+
+def test_ranks_on_detached_loss():
+    loss, labels, boxes = _problem(2, 100, seed=4)
+    loss.requires_grad_()
+    selected = OHEMMiner(batch_size_per_image=8)(loss * 1, labels, boxes.requires_grad_())
+    assert not selected.requires_grad and selected.dtype == torch.bool
