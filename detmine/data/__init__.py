@@ -1,7 +1,7 @@
 """Datasets (COCO, VOC, bundled synthetic) and :func:`build_dataset`.
 
-Every dataset returns ``(image uint8 [3, H, W], Target)`` per item (None for a skipped bad
-image) and exposes the class-id mapping, ``image_labels`` / ``image_size`` without decoding,
+Every dataset returns ``(image uint8 [3, H, W], Target)`` per item (a falsy
+:class:`SkippedSample` for a skipped bad image) and exposes the class-id mapping, ``image_labels`` / ``image_size`` without decoding,
 and ``coco_gt_dict()`` for evaluation (see DESIGN.md, "Dataset" contract).
 """
 
@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from detmine.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from detmine.data._common import BadImageWarning, DegenerateBoxWarning, RecordDataset, Transform
+    from detmine.data._common import (
+        BadImageWarning,
+        DegenerateBoxWarning,
+        RecordDataset,
+        SkippedSample,
+        Transform,
+    )
     from detmine.data.coco import CocoDetection
     from detmine.data.voc import VOC_CLASSES, VOCDetection
 
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BadImageWarning": "detmine.data._common",
     "DegenerateBoxWarning": "detmine.data._common",
+    "SkippedSample": "detmine.data._common",
     "CocoDetection": "detmine.data.coco",
     "VOCDetection": "detmine.data.voc",
     "VOC_CLASSES": "detmine.data.voc",
@@ -41,6 +48,7 @@ __all__ = [
     "CocoDetection",
     "DATASET_KINDS",
     "DegenerateBoxWarning",
+    "SkippedSample",
     "VOCDetection",
     "VOC_CLASSES",
     "build_dataset",

@@ -3,6 +3,7 @@ and the record-based ``Dataset`` both COCO and VOC readers derive from."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -20,13 +21,52 @@ from detmine.structures import Target
 
 Transform = Callable[..., dict[str, Any]]
 
+logger = logging.getLogger(__name__)
+
 
 class BadImageWarning(UserWarning):
-    """An image file is missing or cannot be decoded and was skipped."""
+    """Kept for imports; no longer emitted. A skipped image is a :class:`SkippedSample` that
+    the loader counts (``DetectionDataLoader.skipped_summary()``); each skip is logged at
+    DEBUG level by the ``detmine.data._common`` logger."""
+
+
+#: ``SkippedSample.kind`` values, in the order summaries list them.
+SKIP_KINDS: tuple[str, ...] = ("missing", "unreadable", "size mismatch", "other")
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """What a dataset returns instead of a sample it could not load (``on_bad_image="skip"``).
+
+    It is falsy, travels back from DataLoader workers like a sample, and ``collate`` drops
+    it; :class:`~detmine.data.loader.DetectionDataLoader` counts it by ``kind``.
+
+    Attributes:
+        path: the image file (or ``"<index i>"`` when the dataset gave no path).
+        reason: what went wrong, e.g. ``"file not found"``.
+        kind: one of :data:`SKIP_KINDS`: ``"missing"`` (no such file), ``"unreadable"``
+            (cannot be decoded), ``"size mismatch"`` (decoded size differs from the
+            annotation), ``"other"`` (e.g. a dataset that returned None).
+        index: the dataset index that was asked for (None when unknown).
+    """
+
+    path: str
+    reason: str
+    kind: str = "other"
+    index: int | None = None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
 
 
 class DegenerateBoxWarning(UserWarning):
     """Annotations with degenerate boxes were dropped while loading a dataset."""
+
+
+_NOT_FOUND = "file not found"
 
 
 def read_rgb(path: str) -> tuple[np.ndarray | None, str]:
@@ -35,7 +75,7 @@ def read_rgb(path: str) -> tuple[np.ndarray | None, str]:
     EXIF orientation is ignored on purpose: COCO / VOC annotations refer to the stored pixels.
     """
     if not os.path.isfile(path):
-        return None, "file not found"
+        return None, _NOT_FOUND
     buf = np.fromfile(path, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
     if img is None:
@@ -116,7 +156,9 @@ class RecordDataset(Dataset):
             raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.num_bad_images = 0  # counted in the process that decodes (each DataLoader worker)
+        # counted in the process that decodes (each DataLoader worker has its own copy); the
+        # loader's count over all workers is DetectionDataLoader.skipped_summary()
+        self.num_bad_images = 0
         self.bad_images: list[str] = []
 
     def _finish_init(self, source: str) -> None:
@@ -140,29 +182,29 @@ class RecordDataset(Dataset):
         r = self.records[i]
         return r.height, r.width
 
-    def _bad_image(self, path: str, reason: str) -> None:
-        msg = f"{path}: {reason}"
+    def _bad_image(self, i: int, path: str, reason: str, kind: str) -> SkippedSample:
+        """DataError (``on_bad_image="error"``), else count, log at DEBUG and return the marker."""
         if self.on_bad_image == "error":
-            raise DataError(msg)
+            raise DataError(f"{path}: {reason}")
         self.num_bad_images += 1
         self.bad_images.append(path)
-        warnings.warn(
-            f"skipping image {msg} ({self.num_bad_images} skipped so far)", BadImageWarning, stacklevel=3
-        )
+        logger.debug("skipping image %s: %s (%d skipped in this process)", path, reason, self.num_bad_images)
+        return SkippedSample(path=path, reason=reason, kind=kind, index=int(i))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Target] | None:
-        """``(image uint8 [3, H, W], Target)`` after the transform, or None for a bad image (skip mode)."""
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Target] | SkippedSample:
+        """``(image uint8 [3, H, W], Target)`` after the transform, or a :class:`SkippedSample`
+        (falsy) for a missing / undecodable / wrongly sized image in ``on_bad_image="skip"`` mode."""
         rec = self.records[i]
         image, reason = read_rgb(rec.path)
         if image is None:
-            self._bad_image(rec.path, reason)
-            return None
+            return self._bad_image(i, rec.path, reason, "missing" if reason == _NOT_FOUND else "unreadable")
         if image.shape[:2] != (rec.height, rec.width):
-            self._bad_image(
+            return self._bad_image(
+                i,
                 rec.path,
                 f"decoded size {image.shape[0]}x{image.shape[1]} differs from the annotated {rec.height}x{rec.width}",
+                "size mismatch",
             )
-            return None
         boxes, labels, ignore = rec.boxes.copy(), rec.labels.copy(), rec.ignore_boxes.copy()
         if self.transform is not None:
             out = self.transform(image=image, boxes=boxes, labels=labels, ignore_boxes=ignore)

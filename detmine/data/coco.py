@@ -88,8 +88,10 @@ class CocoDetection(RecordDataset):
     image) are dropped with one counted warning. Images without annotations are kept
     unless ``keep_empty=False`` (they are where background-only negatives come from).
 
-    ``dataset[i]`` -> ``(image uint8 [3, H, W], Target)`` or None for a missing / corrupt
-    image when ``on_bad_image="skip"`` (warned and counted in ``num_bad_images``).
+    ``dataset[i]`` -> ``(image uint8 [3, H, W], Target)``, or a falsy
+    :class:`~detmine.data._common.SkippedSample` (path, reason, kind) for a missing / corrupt
+    image when ``on_bad_image="skip"`` (counted in ``num_bad_images``, logged at DEBUG level;
+    the loader counts skips over all its workers, see ``DetectionDataLoader.skipped_summary``).
     """
 
     def __init__(

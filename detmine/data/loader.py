@@ -3,15 +3,26 @@
 Training loaders use :class:`detmine.data.samplers.TrainingBatchSampler` (seeded,
 resumable, optional aspect-ratio grouping and repeat-factor sampling, sharded over
 the distributed ranks); evaluation loaders go in dataset order over this rank's
-contiguous shard. Both are :class:`DetectionDataLoader` s, which count the samples
-that datasets returned as None (unreadable images in ``on_bad_image="skip"`` mode)
-and advance the sampler's resume position as batches are delivered.
+contiguous shard. Both are :class:`DetectionDataLoader` s over a :class:`KeyedDataset`:
+
+- augmentation: before each sample is transformed, its transform is reseeded from
+  ``(seed, epoch, index, repeat)`` (:func:`~detmine.data.samplers.sample_seed`), in
+  whichever process loads it, so batches do not depend on ``num_workers`` and a run
+  resumed mid-epoch sees the batches of an uninterrupted one;
+- skipped images: a dataset returns a :class:`~detmine.data._common.SkippedSample` for an
+  image it cannot read; it travels back with the batch and the loader counts it by kind
+  (``skipped_summary()``); a training batch whose images are *all* unreadable is refilled
+  with the next readable images in dataset order, so every rank yields the same number
+  of batches under DDP.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,14 +31,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from detmine.data._common import SKIP_KINDS, SkippedSample
 from detmine.data.samplers import (
     InferenceBatchSampler,
     TrainingBatchSampler,
     aspect_ratio_groups,
     dist_rank_world,
     repeat_factors,
+    sample_seed,
 )
-from detmine.errors import ConfigError, DataError
+from detmine.errors import ConfigError, DataError, DetmineError
 from detmine.structures import Target
 
 logger = logging.getLogger(__name__)
@@ -35,26 +48,49 @@ logger = logging.getLogger(__name__)
 Sample = tuple[Tensor, Target]
 
 
-def collate(samples: Sequence[Sample | None], size_divisible: int = 32) -> tuple[Tensor, list[Target]]:
-    """Stack images into one zero-padded batch; keep targets as a list.
+def _is_sample(s: Any) -> bool:
+    return s is not None and not isinstance(s, SkippedSample)
+
+
+def _pad_fill(pad_value: Sequence[float] | float) -> Tensor:
+    """uint8 ``[3]``: ``pad_value`` (0..255 pixels, one value or one per channel) rounded half up."""
+    values = [pad_value] * 3 if isinstance(pad_value, (int, float)) else list(pad_value)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in values):
+        raise ConfigError(f"pad_value must be one number or 3 (RGB) in 0..255 pixel units, got {pad_value!r}")
+    return torch.tensor([math.floor(float(v) + 0.5) for v in values], dtype=torch.uint8)
+
+
+def collate(
+    samples: Sequence[Sample | SkippedSample | None],
+    size_divisible: int = 32,
+    pad_value: Sequence[float] | float = 0,
+) -> tuple[Tensor, list[Target]]:
+    """Stack images into one padded batch; keep targets as a list.
 
     Args:
-        samples: ``(image uint8 [3, H_i, W_i], Target)`` pairs; None entries (images a
-            dataset skipped) are dropped.
-        size_divisible: the padded height and width are multiples of this.
+        samples: ``(image uint8 [3, H_i, W_i], Target)`` pairs; :class:`SkippedSample` and
+            None entries (images a dataset skipped) are dropped.
+        size_divisible: the padded height and width are multiples of this (the model's
+            declared divisibility: 1 for fixed-size SSD inputs).
+        pad_value: fill of the padding in 0..255 pixels, one value or one per RGB channel,
+            rounded to uint8 (pass the model's normalisation mean, e.g. ``IMAGENET_MEAN_255``,
+            and padding is zero after normalisation).
 
     Returns:
-        ``images`` uint8 ``[B, 3, Hmax, Wmax]`` (each image at the top-left, zeros
+        ``images`` uint8 ``[B, 3, Hmax, Wmax]`` (each image at the top-left, ``pad_value``
         bottom/right; ``Hmax``, ``Wmax`` rounded up to ``size_divisible``) and the ``B``
         targets in the same order (their boxes are unchanged: padding does not move
-        pixels). ``B`` is the number of non-None samples; with none, ``images`` is
+        pixels). ``B`` is the number of real samples; with none, ``images`` is
         ``[0, 3, 0, 0]``.
     """
-    kept = [s for s in samples if s is not None]
-    if not kept:
-        return torch.zeros((0, 3, 0, 0), dtype=torch.uint8), []
     if size_divisible < 1:
         raise ConfigError(f"size_divisible must be >= 1, got {size_divisible}")
+    fill = _pad_fill(pad_value)
+    kept = [s for s in samples if _is_sample(s)]
+    if not kept:
+        return torch.zeros((0, 3, 0, 0), dtype=torch.uint8), []
     for image, target in kept:
         if (
             not isinstance(image, Tensor)
@@ -70,40 +106,167 @@ def collate(samples: Sequence[Sample | None], size_divisible: int = 32) -> tuple
     width = max(image.shape[2] for image, _ in kept)
     height = -(-height // size_divisible) * size_divisible
     width = -(-width // size_divisible) * size_divisible
-    images = torch.zeros((len(kept), 3, height, width), dtype=torch.uint8)
+    images = fill.view(1, 3, 1, 1).expand(len(kept), 3, height, width).clone()
     for i, (image, _) in enumerate(kept):
         images[i, :, : image.shape[1], : image.shape[2]].copy_(image)
     return images, [target for _, target in kept]
 
 
 class _Collate:
-    """Picklable ``collate`` with a fixed ``size_divisible`` (for worker processes)."""
+    """Picklable collate for the loader: ``(images, targets, skipped markers)``."""
 
-    def __init__(self, size_divisible: int) -> None:
+    def __init__(self, size_divisible: int, pad_value: Sequence[float] | float) -> None:
+        _pad_fill(pad_value)  # fail at build time, not in a worker
+        if size_divisible < 1:
+            raise ConfigError(f"size_divisible must be >= 1, got {size_divisible}")
         self.size_divisible = size_divisible
+        self.pad_value = pad_value
 
-    def __call__(self, samples: Sequence[Sample | None]) -> tuple[Tensor, list[Target]]:
-        return collate(samples, self.size_divisible)
+    def __call__(self, samples: Sequence[Any]) -> tuple[Tensor, list[Target], list[SkippedSample]]:
+        images, targets = collate(samples, self.size_divisible, self.pad_value)
+        return images, targets, [s for s in samples if isinstance(s, SkippedSample)]
+
+
+class KeyedDataset(Dataset):
+    """The dataset as a :class:`DetectionDataLoader` loads it (``loader.dataset``).
+
+    ``keyed[key]`` for a :class:`~detmine.data.samplers.SampleKey` (or a plain int =
+    epoch 0, repeat 0): reseeds every ``transform`` with ``set_random_seed`` inside the
+    dataset (looking through ``Subset`` / ``ConcatDataset``) with
+    ``sample_seed(seed, key.epoch, key, key.repeat)``, then returns ``dataset[int(key)]``,
+    with a None from the dataset turned into a :class:`SkippedSample` (kind ``"other"``).
+
+    Fetching a batch (``__getitems__``, what DataLoader workers call) with ``refill_empty``
+    (training loaders): when *every* sample of the batch is skipped, the next readable
+    images after the batch's first index in dataset order (wrapping) are appended, as many
+    as the batch asked for, each seeded with ``sample_seed(..., refill=True)``; the skip
+    markers stay in the batch so they are still counted. DataError when no image of the
+    dataset is readable.
+
+    Other attributes (``class_names``, ``coco_gt_dict``, ...) are the wrapped dataset's;
+    ``keyed.dataset`` is the dataset itself.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, refill_empty: bool = False) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.refill_empty = refill_empty
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("dataset", "seed", "refill_empty"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def load(self, index: int, epoch: int = 0, repeat: int = 0, *, refill: bool = False) -> Any:
+        """Sample ``index`` augmented with the seed of ``(epoch, index, repeat)``."""
+        seed = sample_seed(self.seed, epoch, index, repeat, refill=refill)
+        for transform in _transforms(self.dataset):
+            transform.set_random_seed(seed)
+        sample = self.dataset[int(index)]
+        if sample is None:
+            return SkippedSample(f"<index {index}>", "the dataset returned None", "other", int(index))
+        return sample
+
+    def __getitem__(self, key: int) -> Any:
+        return self.load(int(key), getattr(key, "epoch", 0), getattr(key, "repeat", 0))
+
+    def __getitems__(self, keys: Sequence[int]) -> list[Any]:
+        samples = [self[k] for k in keys]
+        if self.refill_empty and keys and not any(_is_sample(s) for s in samples):
+            samples += self._refill(keys[0], len(keys))
+        return samples
+
+    def _refill(self, first: int, wanted: int) -> list[Any]:
+        num = len(self)
+        epoch, repeat = getattr(first, "epoch", 0), getattr(first, "repeat", 0)
+        found: list[Any] = []
+        for step in range(1, num + 1):
+            index = (int(first) + step) % num
+            sample = self.load(index, epoch, repeat, refill=True)
+            if _is_sample(sample):
+                found.append(sample)
+                if len(found) == wanted:
+                    break
+        if not found:
+            raise DataError(f"no readable image in the whole dataset ({num} images), e.g. {self[first]}")
+        return found
+
+
+_WORKER_ERROR = re.compile(r"^[\w.]*?(\w+): (.*)$")
+
+
+def _one_line(exc: DetmineError) -> DetmineError:
+    """A DetmineError re-raised by torch from a worker ("Caught DataError in DataLoader worker
+    process 0. Original Traceback ...") back to its original one-line message."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    match = _WORKER_ERROR.match(lines[-1]) if lines else None
+    if match is None or match.group(1) != type(exc).__name__:
+        return exc
+    return type(exc)(match.group(2))
 
 
 class DetectionDataLoader(DataLoader):
     """A ``DataLoader`` over a detmine batch sampler that knows its resume position.
 
-    Iterating yields ``(images uint8 [B, 3, H, W], targets: list[Target])``. Batches
-    whose samples were all None are skipped (logged); ``num_dropped_samples`` counts
-    the None samples seen so far. (Under DDP a skipped batch makes that rank take one
-    step less; it needs a whole batch of unreadable images, use ``on_bad_image="error"``
-    if that can happen.) Each delivered (or skipped) batch advances
-    ``batch_sampler.batches_consumed`` when the sampler is resumable, and a fully
-    consumed epoch moves the sampler to the next epoch, so ``for batch in loader``
-    repeated gives a new order each time even without ``set_epoch``.
+    Iterating yields ``(images uint8 [B, 3, H, W], targets: list[Target])``; ``B >= 1``.
+    Unreadable images (datasets in ``on_bad_image="skip"`` mode) are left out of their
+    batch and counted: ``num_dropped_samples`` (total), ``skip_counts`` (by kind: missing /
+    unreadable / size mismatch / other), ``num_requested_samples`` (samples the sampler
+    asked for) and :meth:`skipped_summary` (one line), all since the loader was built and
+    over all its workers. A *training* batch whose images are all unreadable is refilled by
+    its worker with the next readable images of the dataset (see :class:`KeyedDataset`), so
+    every rank yields the same number of batches (DDP needs that); an *evaluation* batch
+    that ends up empty is skipped (evaluation gathers results, shards may differ). A
+    ``DetmineError`` raised in a worker (``on_bad_image="error"``) is re-raised with its
+    one-line message.
 
-    ``set_epoch`` / ``state_dict`` / ``load_state_dict`` forward to the training
-    sampler (see :class:`~detmine.data.samplers.TrainingBatchSampler` for the resume
-    protocol).
+    Each delivered (or skipped) batch advances ``batch_sampler.batches_consumed`` when the
+    sampler is resumable, and a fully consumed epoch moves the sampler to the next epoch,
+    so ``for batch in loader`` repeated gives a new order each time even without
+    ``set_epoch``. ``set_epoch`` / ``state_dict`` / ``load_state_dict`` forward to the
+    training sampler (see :class:`~detmine.data.samplers.TrainingBatchSampler` for the
+    resume protocol); augmentations follow the sampler's keys, so a restored loader gives
+    exactly the batches of an uninterrupted one.
     """
 
     num_dropped_samples: int = 0
+    num_requested_samples: int = 0
+    first_skipped: SkippedSample | None = None
+
+    @property
+    def skip_counts(self) -> Counter[str]:
+        """Skipped samples by ``SkippedSample.kind`` since the loader was built."""
+        if "_skip_counts" not in self.__dict__:
+            self.__dict__["_skip_counts"] = Counter()
+        return self.__dict__["_skip_counts"]
+
+    def skipped_summary(self) -> str | None:
+        """One line, e.g. ``"3 of 3000 images skipped: 2 unreadable, 1 missing; first:
+        data/x/0001.jpg (file not found)"``, or None when nothing was skipped."""
+        if not self.num_dropped_samples:
+            return None
+        counts = self.skip_counts
+        order = [k for k in SKIP_KINDS if counts[k]] + sorted(k for k in counts if k not in SKIP_KINDS)
+        kinds = ", ".join(f"{counts[k]} {k}" for k in order)
+        first = f"; first: {self.first_skipped}" if self.first_skipped is not None else ""
+        return f"{self.num_dropped_samples} of {self.num_requested_samples} images skipped: {kinds}{first}"
+
+    def _count(self, requested: int, skipped: list[SkippedSample]) -> None:
+        self.num_requested_samples += requested
+        if not skipped:
+            return
+        self.num_dropped_samples += len(skipped)
+        self.skip_counts.update(s.kind for s in skipped)
+        if self.first_skipped is None:
+            self.first_skipped = skipped[0]
+        for s in skipped:
+            logger.debug("skipped %s", s)
 
     def _resumable(self) -> TrainingBatchSampler | None:
         return self.batch_sampler if isinstance(self.batch_sampler, TrainingBatchSampler) else None
@@ -127,26 +290,25 @@ class DetectionDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, list[Target]]]:  # type: ignore[override]
         sampler = self._resumable()
-        # Batches arrive in sampler order (in_order=True), so batch j of this pass is
-        # expected_sizes[j]: the difference to the delivered size is the None samples.
+        # Batches arrive in sampler order (in_order=True): batch j of this pass asked for
+        # expected[j] samples.
         if sampler is not None:
             expected = [len(b) for b in sampler.epoch_batches()[sampler.batches_consumed :]]
         else:
             expected = [len(b) for b in self.batch_sampler]  # type: ignore[union-attr]
-        for j, (images, targets) in enumerate(super().__iter__()):
-            if sampler is not None:
-                sampler.batches_consumed += 1
-            dropped = expected[j] - len(targets) if j < len(expected) else 0
-            if dropped:
-                self.num_dropped_samples += dropped
-                logger.warning(
-                    "dropped %d unreadable sample(s) from a batch (%d so far)",
-                    dropped,
-                    self.num_dropped_samples,
-                )
-            if len(targets) == 0:
-                continue
-            yield images, targets
+        try:
+            for j, (images, targets, skipped) in enumerate(super().__iter__()):
+                if sampler is not None:
+                    sampler.batches_consumed += 1
+                self._count(expected[j] if j < len(expected) else len(targets) + len(skipped), skipped)
+                if len(targets) == 0:  # evaluation only: training batches are refilled
+                    continue
+                yield images, targets
+        except DetmineError as exc:
+            clean = _one_line(exc)
+            if clean is exc:
+                raise
+            raise clean from None
         if sampler is not None:
             sampler.set_epoch(sampler.epoch + 1)
 
@@ -176,19 +338,16 @@ def _transforms(dataset: Any) -> list[Any]:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Give each worker its own random streams (numpy, random, albumentations).
+    """Seed the global ``random`` / ``numpy.random`` streams of a worker process.
 
-    ``torch.initial_seed()`` in a worker is the loader's per-iteration base seed plus the
-    worker id, so augmentations differ across workers and epochs yet follow the seed.
-    Without this every worker would start from a copy of the same albumentations state.
+    Our transforms never draw from them (each sample's transform is reseeded from its key,
+    see :class:`KeyedDataset`); this only keeps third-party code that does reproducible for a
+    given ``num_workers``. ``torch.initial_seed()`` in a worker is the loader's per-iteration
+    base seed plus the worker id.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        for transform in _transforms(info.dataset):
-            transform.set_random_seed(seed)
 
 
 def build_dataloader(
@@ -208,6 +367,7 @@ def build_dataloader(
     world_size: int | None = None,
     drop_last: bool = False,
     size_divisible: int = 32,
+    pad_value: Sequence[float] | float = 0,
 ) -> DetectionDataLoader:
     """DataLoader yielding ``(images uint8 [B, 3, H, W], list[Target])``.
 
@@ -225,11 +385,18 @@ def build_dataloader(
             images, read from ``dataset.image_size(i)`` without decoding.
         repeat_factor_threshold: (train) LVIS repeat-factor sampling with this threshold
             ``t`` on ``dataset.image_labels(i)``; None = off.
-        seed: the sampler order and the workers' augmentation seeds derive from it.
+        seed: the sampler order and every sample's augmentation seed derive from it
+            (``sample_seed(seed, epoch, index, repeat)``: the same batches with any
+            ``num_workers``, across resumes, and for evaluation).
         distributed: shard over torch.distributed ranks; None = when initialised.
         rank, world_size: explicit shard position (tests); default from torch.distributed.
         drop_last: (train) drop incomplete batches instead of keeping them.
-        size_divisible: padded batch height/width are multiples of this.
+        size_divisible: padded batch height/width are multiples of this (the model's
+            declared divisibility; 1 keeps SSD300's 300x300).
+        pad_value: padding fill in 0..255 pixels, one value or one per RGB channel (the
+            model's normalisation mean; rounded to uint8).
+
+    ``loader.dataset`` is a :class:`KeyedDataset` around ``dataset`` (attributes forwarded).
     """
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
@@ -272,10 +439,10 @@ def build_dataloader(
     generator = torch.Generator()
     generator.manual_seed(seed + 1_000_003 * rank)
     return DetectionDataLoader(
-        dataset,
+        KeyedDataset(dataset, seed, refill_empty=train),
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=_Collate(size_divisible),
+        collate_fn=_Collate(size_divisible, pad_value),
         pin_memory=pin_memory,
         worker_init_fn=_worker_init,
         generator=generator,

@@ -13,6 +13,16 @@ The training order of an epoch is a pure function of ``(seed, epoch, dataset)``:
    of batches (DDP needs that) and no index appears on two ranks.
 
 Every rank computes the same global list (same seed), no communication needed.
+
+The training sampler's batches hold :class:`SampleKey` s: ints (the dataset index, so
+``dataset[key]`` works anywhere) that also carry the epoch and the occurrence number of
+the index in the epoch's global list (``repeat``: > 0 for repeat-factor copies and for the
+batches that complete the last distributed round). :func:`sample_seed` turns
+``(seed, epoch, index, repeat)`` into the seed of that sample's augmentation; the loader
+(:class:`detmine.data.loader.KeyedDataset`) reseeds the transform with it right before
+transforming the sample, in whichever process loads it. Augmentations therefore depend on
+neither the number of loader workers, nor the batch size, nor the number of ranks, and a
+run resumed mid-epoch sees exactly the batches of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +36,44 @@ import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
 from detmine.errors import ConfigError, DataError
+
+
+class SampleKey(int):
+    """A dataset index (an ``int``: equal to, hashing like and indexing like the plain index)
+    that also carries ``epoch`` and ``repeat`` (its occurrence number in the epoch, from 0).
+
+    Only the index takes part in comparisons: ``SampleKey(3, epoch=1) == 3``. Arithmetic
+    returns plain ints. The loader reads ``epoch`` / ``repeat`` to seed the augmentation
+    (:func:`sample_seed`); plain ints count as ``epoch=0, repeat=0``.
+    """
+
+    epoch: int
+    repeat: int
+
+    def __new__(cls, index: int, epoch: int = 0, repeat: int = 0) -> SampleKey:
+        key = super().__new__(cls, index)
+        key.epoch = int(epoch)
+        key.repeat = int(repeat)
+        return key
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int, int]]:
+        return (SampleKey, (int(self), self.epoch, self.repeat))
+
+    def __repr__(self) -> str:
+        return f"SampleKey({int(self)}, epoch={self.epoch}, repeat={self.repeat})"
+
+
+def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0, *, refill: bool = False) -> int:
+    """The augmentation seed (an int in ``[0, 2**64)``) of one sample, a pure function of its arguments.
+
+    ``numpy.random.SeedSequence([seed, epoch, index, repeat])`` hashed to 64 bits, so nearby
+    keys give unrelated streams. ``refill=True`` gives a separate stream for an image drawn
+    as a replacement for an unreadable batch (see ``DetectionDataLoader``).
+    """
+    entropy = [int(seed), int(epoch), int(index), int(repeat)] + ([1] if refill else [])
+    if min(entropy) < 0:
+        raise ConfigError(f"sample_seed: seed, epoch, index and repeat must be >= 0, got {entropy[:4]}")
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -137,7 +185,7 @@ class TrainingBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         self.epoch = 0
         self.batches_consumed = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, list[list[SampleKey]]] | None = None
 
     # -- order -----------------------------------------------------------------------
     def _epoch_indices(self, epoch: int) -> np.ndarray:
@@ -165,9 +213,14 @@ class TrainingBatchSampler(Sampler[list[int]]):
             batches.extend(buf for _, buf in sorted(buffers.items()) if buf)
         return batches
 
-    def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
-        """This rank's batches of ``epoch`` (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else epoch
+    def epoch_batches(self, epoch: int | None = None) -> list[list[SampleKey]]:
+        """This rank's batches of ``epoch`` (default: the current one), in order.
+
+        Entries are :class:`SampleKey` s (dataset indices carrying ``epoch`` and ``repeat``);
+        ``repeat`` counts earlier occurrences of the index in the epoch's *global* list, so
+        it is the same on every rank and for any batch size.
+        """
+        epoch = self.epoch if epoch is None else int(epoch)
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         batches = self._global_batches(epoch)
@@ -175,12 +228,19 @@ class TrainingBatchSampler(Sampler[list[int]]):
         if rest and not self.drop_last:
             batches = batches + [batches[i % len(batches)] for i in range(self.world_size - rest)]
             rounds += 1
-        mine = batches[self.rank : rounds * self.world_size : self.world_size]
+        seen: dict[int, int] = {}
+        keyed: list[list[SampleKey]] = []
+        for batch in batches[: rounds * self.world_size]:
+            keyed.append([])
+            for i in batch:
+                keyed[-1].append(SampleKey(i, epoch, seen.get(i, 0)))
+                seen[i] = seen.get(i, 0) + 1
+        mine = keyed[self.rank :: self.world_size]
         self._cache = (epoch, mine)
         return mine
 
     # -- Sampler protocol --------------------------------------------------------------
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[SampleKey]]:
         return iter(self.epoch_batches()[self.batches_consumed :])
 
     def __len__(self) -> int:

@@ -24,10 +24,20 @@ Presets:
   horizontal flip.
 - ``"eval"``: the resize only, no randomness; ``square=True`` (SSD-style, the default)
   or ``square=False`` (RetinaNet-style shorter side / ``max_size``).
+
+Randomness: every step of a :class:`DetectionTransform` draws from ONE numpy generator and
+ONE ``random.Random`` shared by the whole pipeline (albumentations' ``set_random_state``),
+so ``set_random_seed(s)`` makes the next call a pure function of ``s`` and the input.
+(albumentations' own ``Compose(seed=s)`` gives every step a generator seeded with the same
+``s``, so e.g. two ``p=0.5`` steps would always fire together.) Training loaders reseed it
+per sample from ``(seed, epoch, index)``, see :mod:`detmine.data.samplers`. Our own steps
+(:class:`ZoomOut`, :class:`~detmine.data.min_iou_crop.MinIoURandomCrop`) draw only from
+albumentations' ``self.py_random`` / ``self.random_generator``.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,10 +148,15 @@ class DetectionTransform:
     def __init__(self, compose: A.Compose, min_box_size: float = 1.0) -> None:
         self.compose = compose
         self.min_box_size = min_box_size
+        self.set_random_seed(getattr(compose, "seed", None))
 
     def set_random_seed(self, seed: int | None) -> None:
-        """Reseed the pipeline (called per DataLoader worker by ``build_dataloader``)."""
-        self.compose.set_random_seed(seed)
+        """Give the whole pipeline one fresh generator pair seeded with ``seed`` (None = OS entropy).
+
+        All steps share the pair, so their draws are independent of each other yet the
+        next call is reproducible. ``build_dataloader`` calls this before every sample.
+        """
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def __repr__(self) -> str:
         return f"DetectionTransform({self.compose!r})"
@@ -252,8 +267,8 @@ def build_transforms(
         flip_p: horizontal flip probability.
         min_box_size: boxes smaller than this many pixels in width or height after a
             step are dropped as degenerate.
-        seed: seeds the pipeline (reproducible tests); DataLoader workers are reseeded
-            per worker by ``build_dataloader``.
+        seed: seeds the pipeline (reproducible direct calls); loaders from
+            ``build_dataloader`` reseed it before every sample from ``(seed, epoch, index)``.
 
     Returns:
         a :class:`DetectionTransform`.

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detmine.data import BadImageWarning, CocoDetection, DegenerateBoxWarning, build_dataset
+from detmine.data import CocoDetection, DegenerateBoxWarning, SkippedSample, build_dataset
 from detmine.errors import ConfigError, DataError
 
 CATS = [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 90, "name": "toaster"}]
@@ -141,11 +142,15 @@ def test_missing_and_corrupt_images_are_skipped_and_counted_or_raise(tmp_path):
     (img_dir / "0002.jpg").write_bytes(b"\x00garbage, not a jpeg" * 10)
     (img_dir / "0003.jpg").unlink()
     ds = CocoDetection(img_dir, ann_file)
-    assert ds[0] is not None
-    with pytest.warns(BadImageWarning, match="0002.jpg.*decoded"):
-        assert ds[1] is None
-    with pytest.warns(BadImageWarning, match="0003.jpg: file not found"):
-        assert ds[2] is None
+    assert ds[0]
+    # a skip is a falsy marker with the reason (it travels back from loader workers), no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corrupt, missing = ds[1], ds[2]
+    assert isinstance(corrupt, SkippedSample) and not corrupt
+    assert corrupt.path.endswith("0002.jpg") and "decoded" in corrupt.reason
+    assert (corrupt.kind, corrupt.index) == ("unreadable", 1)
+    assert str(missing).endswith("0003.jpg (file not found)") and missing.kind == "missing"
     assert ds.num_bad_images == 2 and len(ds.bad_images) == 2
     strict = CocoDetection(img_dir, ann_file, on_bad_image="error")
     with pytest.raises(DataError, match="0002.jpg"):

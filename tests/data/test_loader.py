@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -227,11 +229,16 @@ def test_tiny_coco_eval_pipeline_scales_boxes_and_counts_bad_images(tiny_coco_ro
     with open(broken, "wb") as f:
         f.write(b"not a jpeg")
     loader = build_dataloader(dataset, 4, train=False, num_workers=0)
-    with pytest.warns(UserWarning, match="skipping image"):
+    with warnings.catch_warnings():  # a skip is counted by the loader, not warned per image
+        warnings.simplefilter("error")
         batches = list(loader)
     got = [t for _, targets in batches for t in targets]
     assert [t["image_id"] for t in got] == [i for k, i in enumerate(dataset.image_ids) if k != 1]
     assert loader.num_dropped_samples == 1
+    assert loader.skipped_summary() == (
+        f"1 of {len(dataset)} images skipped: 1 unreadable; first: {broken} (cannot be decoded "
+        "(corrupt or not an image))"
+    )
     for t in got:
         k = dataset.image_ids.index(t["image_id"])
         h, w = dataset.image_size(k)
