@@ -95,7 +95,8 @@ class TimedMiner:
 
     def __init__(self, miner, device: torch.device) -> None:
         self.miner = miner
-        self.needs_boxes = getattr(miner, "needs_boxes", False)
+        self.box_source = miner.box_source
+        self.normalize_by = miner.normalize_by
         self.device = device
         self.elapsed = 0.0
 

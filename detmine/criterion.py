@@ -53,13 +53,12 @@ from detmine.losses import (
     softmax_cross_entropy,
 )
 from detmine.matching import Matcher, pad_targets
+from detmine.mining._common import BOX_SOURCES, NORMALIZE_BY
 from detmine.mining.record import Miner, MiningRecord
 from detmine.structures import HeadOutputs, Target
 
 CLS_LOSSES = {"softmax": ("softmax_ce",), "sigmoid": ("focal", "balanced_ce")}
 NORMALIZERS = ("batch", "ema")
-NORMALIZE_BY = ("positives", "selected")
-BOX_SOURCES = (None, "anchors", "predictions")
 
 
 def nonfinite_message(tensor: Tensor, name: str) -> str | None:

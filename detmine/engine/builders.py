@@ -58,16 +58,53 @@ def prepare_data(cfg: Config) -> None:
         ensure_synthetic(cfg.data.root, progress=dist.is_main_process(), **cfg.data.synthetic)
 
 
+EVAL_GEOMETRY_KEYS = ("square", "max_size", "min_box_size")
+
+
+def eval_transform_options(cfg: Config) -> dict[str, Any]:
+    """Keyword options of the ``eval`` preset: the geometry the recipe trains with.
+
+    A fixed ``image_size`` square after the ``ssd`` (and ``eval``) training presets; after
+    ``retinanet`` the shorter side resized to ``image_size`` with the aspect ratio kept and the
+    longer side capped at the training ``max_size`` (or a square when the training transform
+    has ``square: true``). ``data.eval_transform_options`` overrides any of these. The eval
+    preset never flips or crops.
+    """
+    d = cfg.data
+    train_opts = dict(d.transform_options)
+    if d.train_transform == "retinanet":
+        options: dict[str, Any] = {"square": bool(train_opts.get("square", False))}
+        if "max_size" in train_opts:
+            options["max_size"] = train_opts["max_size"]
+    else:
+        options = {"square": True}
+    if "min_box_size" in train_opts:
+        options["min_box_size"] = train_opts["min_box_size"]
+    extra = dict(d.eval_transform_options)
+    for name in extra:
+        if name not in EVAL_GEOMETRY_KEYS:
+            hint = difflib.get_close_matches(name, EVAL_GEOMETRY_KEYS, n=1)
+            did_you_mean = f"did you mean 'data.eval_transform_options.{hint[0]}'? " if hint else ""
+            raise ConfigError(
+                f"unknown config key 'data.eval_transform_options.{name}'; {did_you_mean}"
+                f"valid options: {', '.join(EVAL_GEOMETRY_KEYS)} (evaluation never augments)"
+            )
+    options.update(extra)
+    return options
+
+
 def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
     """One split of the configured dataset with the training or evaluation transform."""
     from detmine.data import build_dataset
     from detmine.data.transforms import build_transforms
 
     d = cfg.data
-    preset = d.train_transform if train else d.eval_transform
-    t_opts = dict(d.transform_options) if train else {}
-    check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
-    transform = build_transforms(preset, d.image_size, **t_opts)
+    if train:
+        t_opts = dict(d.transform_options)
+        check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
+        transform = build_transforms(d.train_transform, d.image_size, **t_opts)
+    else:
+        transform = build_transforms("eval", d.image_size, **eval_transform_options(cfg))
     options = dict(d.options) if train else {**d.options, **d.val_options}
     return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **options)
 
@@ -88,9 +125,24 @@ def per_process_batch(global_batch: int, what: str = "train.batch_size") -> int:
     return global_batch // world
 
 
-def build_train_loader(cfg: Config, dataset: Any) -> Any:
+def batch_geometry(model: nn.Module | None) -> dict[str, Any]:
+    """``size_divisible`` / ``pad_value`` of the loader for ``model``: the input divisibility the
+    model declares (1 for fixed-size SSD, so 300 px stays 300 px) and its normalisation mean in
+    0..255 pixels (padding becomes zero after normalisation)."""
+    if model is None:
+        return {}
+    out: dict[str, Any] = {}
+    if hasattr(model, "size_divisible"):
+        out["size_divisible"] = int(model.size_divisible)
+    if hasattr(model, "pad_value"):
+        out["pad_value"] = tuple(float(v) for v in model.pad_value)
+    return out
+
+
+def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
     """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
-    sharded over the processes when distributed; per-process batch = global / world size."""
+    sharded over the processes when distributed; per-process batch = global / world size;
+    batches padded as ``model`` declares (:func:`batch_geometry`)."""
     from detmine.data.loader import build_dataloader
 
     opts = dict(cfg.data.loader_options)
@@ -102,13 +154,13 @@ def build_train_loader(cfg: Config, dataset: Any) -> Any:
         num_workers=cfg.data.num_workers,
         distributed=dist.get_world_size() > 1,
         seed=cfg.train.seed,
-        **opts,
+        **{**batch_geometry(model), **opts},
     )
 
 
-def build_val_loader(cfg: Config, dataset: Any) -> Any:
+def build_val_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
     """The evaluation loader (in order, sharded when distributed), optionally the first
-    ``eval.max_images`` images only."""
+    ``eval.max_images`` images only; batches padded as ``model`` declares."""
     from torch.utils.data import Subset
 
     from detmine.data.loader import build_dataloader
@@ -117,7 +169,13 @@ def build_val_loader(cfg: Config, dataset: Any) -> Any:
         dataset = Subset(dataset, range(cfg.eval.max_images))
     batch = max(1, cfg.eval.batch_size // dist.get_world_size())
     return build_dataloader(
-        dataset, batch, train=False, num_workers=cfg.data.num_workers, distributed=dist.get_world_size() > 1
+        dataset,
+        batch,
+        train=False,
+        num_workers=cfg.data.num_workers,
+        distributed=dist.get_world_size() > 1,
+        seed=cfg.train.seed,
+        **batch_geometry(model),
     )
 
 
@@ -177,16 +235,28 @@ def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
     )
 
 
-def build_trainer(cfg: Config, model: nn.Module, criterion: nn.Module, train_set: Any, val_set: Any) -> Any:
-    """A :class:`~detmine.engine.trainer.Trainer` over the two datasets, with the config's loaders."""
+def build_trainer(
+    cfg: Config,
+    model: nn.Module,
+    criterion: nn.Module,
+    train_set: Any,
+    val_set: Any,
+    *,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
+) -> Any:
+    """A :class:`~detmine.engine.trainer.Trainer` over the two datasets, with the config's loaders
+    (``overwrite`` / ``allow_config_change``: see the Trainer)."""
     from detmine.engine.trainer import Trainer
 
     return Trainer(
         cfg,
+        overwrite=overwrite,
+        allow_config_change=allow_config_change,
         model=model,
         criterion=criterion,
-        train_loader=build_train_loader(cfg, train_set),
-        val_loader=build_val_loader(cfg, val_set),
+        train_loader=build_train_loader(cfg, train_set, model),
+        val_loader=build_val_loader(cfg, val_set, model),
         val_dataset=val_set,
         class_names=list(train_set.class_names),
     )
