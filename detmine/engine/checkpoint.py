@@ -1,110 +1,182 @@
-"""Atomic checkpoints, keep-last-k rotation and the ``latest`` pointer used by ``--resume``.
+"""Checkpoints: atomic writes, safe loading, keep-last-k rotation, the ``latest`` pointer.
 
-A checkpoint is a plain ``torch.save`` dict (loadable with ``torch.load``) with the keys
-``model, optimizer, scheduler, scaler, ema, iteration, epoch, sampler, rng, config,
-best_metric``. Writing goes to a temporary file in the same folder, is flushed and
-fsync'ed, then ``os.replace``'d over the destination, so a crash at any moment leaves
-either the old file or the new one -- never half of one. The ``latest`` pointer (a text
-file naming the newest checkpoint) is replaced the same way.
+A checkpoint is a plain ``torch.save`` dict with the keys ``model, optimizer, scheduler,
+scaler, ema, iteration, epoch, sampler, rng, config, best_metric``, made only of tensors,
+numbers, strings, ``None``, lists, tuples and dicts, so it loads with
+``torch.load(weights_only=True)``: :func:`load_checkpoint` loads every file that way and
+refuses one that would need to run code, unless the caller trusts it (``--trust-checkpoint``).
+An exported ``.safetensors`` file (:mod:`detmine.engine.export`) is accepted wherever a
+checkpoint is, as ``{"model": weights, "config": ...}``.
+
+Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then
+``os.replace``'d over the destination, so a crash at any moment leaves either the old file or
+the new one -- never half of one; a failing write (read-only folder, full disk) is one
+:class:`CheckpointError` line naming the path and the cause. The ``latest`` pointer (a text
+file naming the newest checkpoint) is replaced the same way. :class:`CheckpointManager` only
+ever deletes checkpoints of its own run.
 
 Also here: what else a resume needs -- the random generators' states (:func:`rng_state`) and
-the position in the training data (:class:`DataStream`).
+the position in the training data (:class:`DataStream`) -- and loading weights into a model
+with one-line messages for every mismatch (:func:`load_model_state`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
+import json
 import random
 import re
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from detmine.engine.safe_io import (
+    META_CLASS_NAMES,
+    META_CONFIG,
+    META_ITERATION,
+    META_WEIGHTS,
+    TRUST_FLAG,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    is_safetensors,
+    read_safetensors,
+    read_torch_file,
+    remove_stale_tmp,
+)
 from detmine.errors import CheckpointError, DataError
 
+__all__ = [
+    "TRUST_FLAG",
+    "CheckpointManager",
+    "CorruptCheckpointError",
+    "DataStream",
+    "UnsafeCheckpointError",
+    "atomic_write_text",
+    "load_checkpoint",
+    "load_model_state",
+    "preserved_rng",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "select_weights",
+    "set_rng_state",
+]
+
 LATEST_POINTER = "latest"
+BEST = "best.pth"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    Raises:
+        CheckpointError: the file cannot be written (names the path and the cause, e.g.
+            ``[ENOSPC]``); the previous file at ``path`` is intact.
+    """
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return atomic_write_bytes(path, buffer.getvalue(), what="checkpoint")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a missing, truncated or corrupt file raises :class:`CheckpointError`."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, trusted: bool = False) -> dict[str, Any]:
+    """Read a checkpoint (``.pth``) or exported weights (``.safetensors``, by suffix or content).
+
+    ``.pth`` files load weights-only: tensors, numbers, strings, lists and dicts, everything a
+    checkpoint written by detmine holds. ``trusted=True`` (the tools' ``--trust-checkpoint``)
+    loads any pickle -- which runs whatever code the file names; only for files of your own.
+    A ``.safetensors`` file gives ``{"model": tensors, "ema": None, "config": dict | None,
+    "exported_weights": "ema" | "model", "iteration": int | None, "class_names": list | None,
+    "metadata": {str: str}}`` so :func:`select_weights` and the config readers work unchanged.
+
+    Raises:
+        UnsafeCheckpointError: (a :class:`CheckpointError`) the file needs more than weights-only
+            loading allows; one line naming the file, the first disallowed global and the flag.
+        CheckpointError: missing, truncated or corrupt file, or not a dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # zip/pickle errors of every kind mean the same thing to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({reason}); it was not loaded"
-        ) from None
+    if is_safetensors(path):
+        return _safetensors_checkpoint(path, *read_safetensors(path, map_location))
+    state = read_torch_file(path, map_location, trusted=trusted)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
 
 
+def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict:
+    def parsed(key: str) -> Any:
+        if key not in meta:
+            return None
+        try:
+            return json.loads(meta[key])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: metadata '{key}' is not valid JSON ({exc})") from None
+
+    iteration = meta.get(META_ITERATION)
+    return {
+        "model": tensors,
+        "ema": None,
+        "config": parsed(META_CONFIG),
+        "exported_weights": meta.get(META_WEIGHTS, "model"),
+        "iteration": int(iteration) if iteration and iteration.isdigit() else None,
+        "class_names": parsed(META_CLASS_NAMES),
+        "metadata": meta,
+    }
+
+
 class CheckpointManager:
     """Periodic checkpoints ``model_<iteration>.pth`` in ``directory``, the newest ``keep_last``
-    kept, the newest named by the ``latest`` pointer file."""
+    of this run kept, the newest named by the ``latest`` pointer file.
+
+    Rotation deletes only checkpoints of the current run: the ones this manager wrote, and
+    after :meth:`load_latest` (resume) those of the run it continues, up to the iteration it
+    resumed from. The file just written is never deleted, so ``latest`` always names an
+    existing file. Checkpoints of an older run in the same folder are left alone:
+    :meth:`prepare_run` refuses to start a fresh run among them (or :meth:`clear`\\ s them).
+    """
 
     def __init__(self, directory: str | Path, keep_last: int = 3) -> None:
         self.directory = Path(directory)
         self.keep_last = max(1, keep_last)
+        self._owned: set[str] = set()  # file names of periodic checkpoints of this run
 
     def path_for(self, iteration: int) -> Path:
         return self.directory / f"model_{iteration:07d}.pth"
 
     def periodic(self) -> list[Path]:
-        """The periodic checkpoints on disk, oldest first."""
+        """The periodic checkpoints on disk (of any run), oldest first."""
         if not self.directory.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _PERIODIC.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def save(self, state: dict[str, Any], iteration: int) -> Path:
-        """Save, move the pointer, delete all but the newest ``keep_last``."""
+        """Save, move the pointer, delete this run's checkpoints but the newest ``keep_last``.
+
+        Raises:
+            CheckpointError: the checkpoint or the pointer cannot be written (one line naming
+                the path and the cause); the previous checkpoint and pointer are intact.
+        """
         path = save_checkpoint(self.path_for(iteration), state)
-        _atomic_write_bytes(self.directory / LATEST_POINTER, (path.name + "\n").encode())
-        for old in self.periodic()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+        self._owned.add(path.name)
+        atomic_write_text(self.directory / LATEST_POINTER, path.name + "\n", what="checkpoint pointer")
+        ours = [p for p in self.periodic() if p.name in self._owned and p != path]
+        for old in ours[: max(0, len(ours) - (self.keep_last - 1))]:
+            try:
+                old.unlink(missing_ok=True)
+            except OSError:  # cannot delete: keep it, the run goes on
+                continue
+            self._owned.discard(old.name)
         return path
 
     def latest(self) -> Path | None:
@@ -117,28 +189,106 @@ class CheckpointManager:
         found = self.periodic()
         return found[-1] if found else None
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """Load the newest checkpoint, or None when the folder has none. A corrupt one raises
+    def load_latest(self, map_location: Any = "cpu", *, trusted: bool = False) -> dict[str, Any] | None:
+        """Load the newest checkpoint, or None when the folder has none; the run continues
+        the checkpoints up to it (they rotate from now on). A corrupt one raises
         :class:`CheckpointError` naming the older checkpoints that are still there."""
         path = self.latest()
         if path is None:
             return None
         try:
-            return load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location, trusted=trusted)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as exc:
             older = [p.name for p in self.periodic() if p != path]
             hint = f"; older checkpoints in {self.directory}: {', '.join(older)}" if older else ""
             raise CheckpointError(f"{exc}{hint}") from None
+        m = _PERIODIC.match(path.name)
+        limit = int(m.group(1)) if m else None
+        for p in self.periodic():
+            if limit is None or int(_PERIODIC.match(p.name).group(1)) <= limit:
+                self._owned.add(p.name)
+        return state
+
+    # ------------------------------------------------------------------ folder hygiene
+
+    def existing(self) -> list[Path]:
+        """Every checkpoint file of the folder: periodic ones, the pointer, ``best.pth``."""
+        extra = [self.directory / n for n in (LATEST_POINTER, BEST) if (self.directory / n).is_file()]
+        return self.periodic() + extra
+
+    def has_checkpoints(self) -> bool:
+        """Whether the folder holds checkpoints (periodic, ``latest`` or ``best.pth``)."""
+        return bool(self.existing())
+
+    def clear(self) -> list[Path]:
+        """Delete the periodic checkpoints, ``latest``, ``best.pth`` and stale temporary files
+        (not ``config.yaml``, ``metrics.jsonl`` or TensorBoard events); returns what was removed.
+
+        Raises:
+            CheckpointError: a file cannot be deleted (names it and the cause).
+        """
+        removed = []
+        for p in self.existing():
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot delete old checkpoint {p}: {exc.strerror or exc}; delete it or choose another output_dir"
+                ) from None
+            removed.append(p)
+        self._owned.clear()
+        return removed + self.remove_stale_tmp()
+
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete the ``.<name>.<random>.tmp`` files an interrupted write left in the folder."""
+        return remove_stale_tmp(self.directory)
+
+    def prepare_run(self, *, resume: bool, overwrite: bool = False) -> list[Path]:
+        """What the trainer does on start (rank 0): remove stale temporary files; then, for a
+        fresh run (not ``resume``) in a folder that holds checkpoints, :meth:`clear` them with
+        ``overwrite``, else refuse. Returns the files removed.
+
+        Raises:
+            CheckpointError: a fresh run into a folder with checkpoints, without ``overwrite``
+                (names the folder, its newest checkpoint and the two ways on).
+        """
+        removed = self.remove_stale_tmp()
+        if resume or not self.has_checkpoints():
+            return removed
+        if overwrite:
+            return removed + self.clear()
+        found = self.existing()
+        newest = self.latest()
+        shown = newest.name if newest is not None and newest.is_file() else found[0].name
+        more = f" and {len(found) - 1} more file(s)" if len(found) > 1 else ""
+        raise CheckpointError(
+            f"output_dir {self.directory} already holds checkpoints of a run ({shown}{more}); "
+            "pass --resume to continue it, --overwrite to delete them and start afresh, "
+            "or choose another output_dir"
+        )
 
 
 # ----------------------------------------------------------------------------- RNG state
+#
+# Only tensors and plain numbers, so that checkpoints load weights-only: python's state as an
+# int64 tensor of its 625 words, numpy's legacy MT19937 state split into its fields.
 
 
 def rng_state() -> dict[str, Any]:
     """The states of every random generator a training step may draw from."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -147,9 +297,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` returned (also the tuple form of older checkpoints)."""
+    py = state["python"]
+    if isinstance(py, Mapping):
+        words = tuple(int(w) for w in torch.as_tensor(py["state"]).tolist())
+        py = (int(py["version"]), words, None if py["gauss"] is None else float(py["gauss"]))
+    random.setstate(py)
+    npy = state["numpy"]
+    if isinstance(npy, Mapping):
+        keys = np.asarray(torch.as_tensor(npy["keys"]).cpu().numpy(), dtype=np.uint32)
+        npy = (npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"]))
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -263,13 +421,21 @@ def seed_everything(seed: int) -> None:
 
 def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
     """``(model state dict, "ema" | "model")`` to evaluate from a loaded checkpoint
-    (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates)."""
+    (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates). An
+    exported ``.safetensors`` file holds one set of weights; ``auto`` or its own kind selects it."""
     if "model" not in state:  # a bare state dict
         if which == "ema":
             raise CheckpointError(
                 f"checkpoint {path} is a bare state dict without EMA weights; use --weights model"
             )
         return state, "model"
+    exported = state.get("exported_weights")
+    if exported is not None:
+        if which not in ("auto", exported):
+            raise CheckpointError(
+                f"{path} holds only the {exported} weights it was exported with; use --weights auto"
+            )
+        return state["model"], exported
     ema = state.get("ema")
     if which == "ema" or (which == "auto" and ema):
         if not ema:
@@ -278,3 +444,74 @@ def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[s
             )
         return (ema["module"] if "module" in ema else ema), "ema"
     return state["model"], "model"
+
+
+# ----------------------------------------------------------------------------- into a model
+
+_SHOW = 3  # mismatching tensors named in a message
+
+
+def _shape(t: Any) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]" if hasattr(t, "shape") else type(t).__name__
+
+
+def _names(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def load_model_state(
+    model: nn.Module, state_dict: Mapping[str, Any], *, source: str, partial: bool = False
+) -> list[str]:
+    """Load ``state_dict`` into ``model``; returns the model's keys that were not loaded.
+
+    Strict (``partial=False``): every key of the model must be in ``state_dict`` with its shape,
+    and nothing else; otherwise one line names the mismatching tensors with both shapes and the
+    missing / unexpected keys, e.g. ``checkpoint x.pth does not fit the model:
+    head.cls_logits.weight is [9, 64, 3, 3] in the checkpoint but [3, 64, 3, 3] in the model
+    (and 1 more); missing: ...; unexpected: ...``. Returns ``[]``.
+
+    Partial (``partial=True``, fine-tuning with another number of classes): every tensor whose
+    name and shape fit is loaded, the rest of the checkpoint is ignored; returns the model keys
+    that keep their current values (shape mismatch or absent from the checkpoint), model order.
+    BatchNorm's ``num_batches_tracked`` counters may be absent in either mode.
+
+    Raises:
+        CheckpointError: strict mode and a mismatch, or (partial) not a single tensor fits.
+    """
+    expected = model.state_dict()
+    counter = "num_batches_tracked"
+    mismatched = [
+        k
+        for k, v in expected.items()
+        if k in state_dict and tuple(getattr(state_dict[k], "shape", (-1,))) != tuple(v.shape)
+    ]
+    missing = [k for k in expected if k not in state_dict and not k.endswith(counter)]
+    unexpected = [k for k in state_dict if k not in expected and not k.endswith(counter)]
+    fits = {k: v for k, v in state_dict.items() if k in expected and k not in mismatched}
+    if not partial and (mismatched or missing or unexpected):
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+            parts.append(
+                f"{k} is {_shape(state_dict[k])} in the checkpoint but {_shape(expected[k])} in the model{more}"
+            )
+        if missing:
+            parts.append(f"missing: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected: {_names(unexpected)}")
+        raise CheckpointError(f"checkpoint {source} does not fit the model: " + "; ".join(parts))
+    if partial and not any(not k.endswith(counter) for k in fits):
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model at all: no tensor has a name and shape of the model "
+            f"(model keys start {_names(list(expected))}; checkpoint keys {_names(list(state_dict))})"
+        )
+    try:
+        model.load_state_dict(fits, strict=False)
+    except RuntimeError as exc:  # e.g. a non-tensor value
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model: {str(exc).strip().splitlines()[0]}"
+        ) from None
+    skipped = set(mismatched) | set(missing)
+    return [k for k in expected if k in skipped]

@@ -1,4 +1,8 @@
-"""Loading local pretrained backbone weights (torchvision ``.pth`` state dicts).
+"""Loading local pretrained backbone weights (torchvision ``.pth`` state dicts, or ``.safetensors``).
+
+Files are read weights-only (:func:`read_weights_file`): a ``.pth`` whose pickle would run code
+(anything but tensors, numbers, strings, lists and dicts) is refused, naming what it asked for;
+torchvision's ImageNet files are plain state dicts and load as they are.
 
 Nothing is ever downloaded: ``weights`` names a file on disk, either a path or a bare file name
 found in torchvision's cache ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), where
@@ -38,6 +42,37 @@ def resolve_weights_path(weights: str | os.PathLike) -> Path:
     raise CheckpointError(f"weights file not found: looked for {where}")
 
 
+def read_weights_file(path: Path) -> object:
+    """The content of a ``.pth`` (weights-only: never runs code from the file) or ``.safetensors``
+    weights file.
+
+    Raises:
+        CheckpointError: unreadable file, or a ``.pth`` that needs more than tensors, numbers,
+            strings, lists and dicts (names the first global it asked for).
+    """
+    from detmine.engine.safe_io import (
+        CorruptCheckpointError,
+        UnsafeCheckpointError,
+        is_safetensors,
+        read_safetensors,
+        read_torch_file,
+    )
+
+    try:
+        if is_safetensors(path):
+            return read_safetensors(path, what="weights file")[0]
+        return read_torch_file(
+            path,
+            what="weights file",
+            hint="a weights file must be a plain state dict of tensors: re-save it with "
+            "torch.save(module.state_dict(), path) or as .safetensors",
+        )
+    except UnsafeCheckpointError:
+        raise
+    except CorruptCheckpointError as exc:
+        raise CheckpointError(f"cannot read weights file '{path}': {exc.reason}") from None
+
+
 def _first(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
@@ -73,10 +108,7 @@ def load_backbone_weights(
             not match ``module`` (the message names the file and the first offending keys).
     """
     path = resolve_weights_path(weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt / foreign files
-        raise CheckpointError(f"cannot read weights file '{path}': {type(exc).__name__}: {exc}") from None
+    state = read_weights_file(path)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -1,0 +1,292 @@
+"""File I/O for checkpoints and weights: atomic writes with one-line errors, reads that run no code.
+
+Writing: :func:`atomic_write_bytes` / :func:`atomic_write_text` write a temporary file
+``.<name>.<random>.tmp`` in the destination folder, flush and fsync it, then ``os.replace`` it
+over the destination, so a crash leaves the old file or the new one, never half of one. Any
+``OSError`` (read-only folder, full disk, a path under a file...) becomes one
+:class:`~detmine.errors.CheckpointError` line naming the path and the cause (``[ENOSPC]``...);
+the previous file is untouched and the temporary file removed.
+
+Reading: a ``.pth`` file is a pickle, and unpickling can run any code the file names (a
+``__reduce__`` that calls ``os.system``). :func:`read_torch_file` therefore loads with
+``torch.load(weights_only=True)`` -- tensors, numbers, strings, lists, tuples and dicts, all a
+checkpoint written by detmine contains -- and refuses a file that needs more with
+:class:`UnsafeCheckpointError`, naming the first global it asked for. Only ``trusted=True``
+(the tools' ``--trust-checkpoint``) loads such a file with the full unpickler.
+``.safetensors`` files (:func:`read_safetensors`, recognised by content whatever their name)
+hold only tensors and a string table of metadata and never run code.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detmine.errors import CheckpointError
+
+#: The command-line flag of the tools that loads a file with the full (code-running) unpickler.
+TRUST_FLAG = "--trust-checkpoint"
+
+#: Names of temporary files left by an interrupted :func:`atomic_write_bytes`.
+STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{4,}\.tmp$")
+
+_HINTS = {
+    errno.EACCES: "the folder is not writable by this user; choose another output_dir",
+    errno.EPERM: "the folder is not writable by this user; choose another output_dir",
+    errno.EROFS: "the file system is read-only; choose another output_dir",
+    errno.ENOSPC: "the disk is full; free space (or lower train.keep_last)",
+    errno.EDQUOT: "the disk quota is exhausted; free space (or lower train.keep_last)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "the path is too long",
+}
+
+
+def write_error(path: str | os.PathLike, exc: OSError, what: str = "file") -> CheckpointError:
+    """The one-line :class:`CheckpointError` for an ``OSError`` raised while writing ``path``:
+    ``cannot write checkpoint /r/model_0000100.pth: No space left on device [ENOSPC] (the disk
+    is full; ...); the previous file is unchanged``."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = _HINTS.get(exc.errno, "")
+    return CheckpointError(
+        f"cannot write {what} {path}: {reason}"
+        + (f" [{code}]" if code else "")
+        + (f" ({hint})" if hint else "")
+        + "; the previous file, if any, is unchanged"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    Raises:
+        CheckpointError: any ``OSError`` of the write (see :func:`write_error`); ``path`` keeps
+            its previous content and no temporary file is left behind.
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise write_error(path, exc, what) from None
+    finally:  # also on KeyboardInterrupt: never leave the temporary file
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text (``config.yaml``, pointer files, JSON)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted atomic write left in
+    ``directory`` (only there, not below); returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in directory.iterdir():
+        if STALE_TMP.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+            except OSError:
+                continue
+            removed.append(p)
+    return sorted(removed)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A ``.pth`` file that weights-only loading refuses; ``global_name`` is the first global
+    (class or function) the pickle asked for, e.g. ``numpy._core.multiarray._reconstruct``."""
+
+    def __init__(self, message: str, *, path: Path, global_name: str | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.global_name = global_name
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file that is not a readable torch / safetensors file (truncated, garbage)."""
+
+    def __init__(self, message: str, *, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+# "Unsupported global: GLOBAL numpy._core.multiarray._reconstruct was not ..." (torch >= 2.4),
+# "Trying to load unsupported GLOBAL posix.system whose module ..." (blocked modules),
+# "Unsupported class numpy.core.multiarray._reconstruct" (torch 2.3).
+_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported class) ([A-Za-z_][\w.]*\w)")
+_REFUSED = ("GLOBAL", "Unsupported class", "allowlisted", "Can only create new object")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refusal_detail(message: str) -> tuple[str | None, str | None]:
+    """``(global name, detail line)`` when torch's weights-only error is a refusal, else
+    ``(None, None)`` (the file is simply unreadable)."""
+    if not any(marker in message for marker in _REFUSED):
+        return None, None
+    m = _GLOBAL.search(message)
+    if m:
+        return m.group(1), None
+    lines = [ln.strip() for ln in message.splitlines() if any(k in ln for k in _REFUSED)]
+    return None, (lines[0] if lines else "an object weights-only loading does not allow")
+
+
+def read_torch_file(
+    path: str | os.PathLike,
+    map_location: Any = "cpu",
+    *,
+    trusted: bool = False,
+    what: str = "checkpoint",
+    hint: str | None = None,
+) -> Any:
+    """``torch.load`` weights-only (or, with ``trusted``, with the full unpickler).
+
+    Args:
+        what: how messages call the file ("checkpoint", "weights file").
+        hint: how to proceed when the file is refused (default: pass ``--trust-checkpoint``).
+
+    Raises:
+        UnsafeCheckpointError: the file needs globals weights-only loading does not allow; no
+            code of the file has run.
+        CorruptCheckpointError: the file is truncated or not a torch file.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        name, detail = _refusal_detail(str(exc)) if not trusted else (None, None)
+        if name is not None or detail is not None:
+            needs = f"the global {name}" if name else detail
+            if hint is None:
+                hint = (
+                    f"if you trust where the file comes from (e.g. your own checkpoint written by an older "
+                    f"detmine), pass {TRUST_FLAG} to load it with the full unpickler"
+                )
+            raise UnsafeCheckpointError(
+                f"{what} {path} is refused: loading it needs {needs}, and unpickling that could run "
+                f"code (weights-only loading allows only tensors, numbers, strings, lists and dicts); "
+                f"{hint}",
+                path=path,
+                global_name=name,
+            ) from None
+        reason = _first_line(exc)
+        if "Weights only load failed" in reason:  # garbage: torch blames weights-only first
+            reason = next(
+                (ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip() and "torch.load" not in ln),
+                reason,
+            )
+        raise _corrupt(path, what, reason) from None
+    except Exception as exc:  # zip/pickle errors of every kind mean the same thing to the user
+        raise _corrupt(path, what, _first_line(exc)) from None
+
+
+def _corrupt(path: Path, what: str, reason: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{what} {path} is corrupt or truncated ({reason}); it was not loaded", path=path, reason=reason
+    )
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file: by suffix, or by content (an 8-byte little-endian
+    header length that fits the file, then a JSON header starting with ``{``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def read_safetensors(
+    path: str | os.PathLike, device: Any = "cpu", *, what: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file (``device``: where the tensors go; a
+    ``torch.load``-style mapping or callable means the CPU).
+
+    Raises:
+        CorruptCheckpointError: the file is not a valid safetensors file.
+        CheckpointError: the ``safetensors`` package is not installed.
+    """
+    path = Path(path)
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise CheckpointError(
+            f"{what} {path} is a .safetensors file; reading it needs the safetensors package "
+            "(pip install safetensors)"
+        ) from None
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str | int):
+        device = "cpu"
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _corrupt(path, what, _first_line(exc)) from None
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------- detmine metadata
+
+#: Keys of the string table detmine writes into an exported ``.safetensors`` file.
+META_CONFIG = "detmine.config"  # the resolved config, JSON (valid YAML too)
+META_WEIGHTS = "detmine.weights"  # "ema" | "model": which weights of the checkpoint these are
+META_ITERATION = "detmine.iteration"
+META_SOURCE = "detmine.source"  # file name of the checkpoint it was exported from
+META_CLASS_NAMES = "detmine.class_names"  # JSON list, when the checkpoint has them
