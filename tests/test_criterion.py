@@ -414,20 +414,53 @@ def test_ema_normaliser():
     assert criterion.count_ema.item() == pytest.approx(ema)
 
 
-def test_giou_and_weights_options():
+def test_giou_box_weight_and_class_weights_options():
     anchors, targets, outputs, _, _, _, _, _ = focal_setup(12, [2, 3])
     plain = build_criterion("sigmoid", BoxCoder(), {}, {"box": "giou"}, {"type": "all"})
+    class_weights = [0.5, 1.0, 2.0, 4.0]
+    alpha = [0.1, 0.25, 0.5, 0.75]
     weighted = build_criterion(
         "sigmoid",
         BoxCoder(),
         {},
-        {"box": "giou", "box_weight": 2.0, "class_weights": [1.0, 1.0, 1.0, 1.0], "alpha": [0.25] * 4},
+        {"box": "giou", "box_weight": 2.0, "class_weights": class_weights, "alpha": alpha},
         {"type": "all"},
     )
     a, _ = plain(outputs, anchors, targets)
-    b, _ = weighted(outputs, anchors, targets)
+    b, record = weighted(outputs, anchors, targets)
     torch.testing.assert_close(b["box"], 2.0 * a["box"])
-    torch.testing.assert_close(b["cls"], a["cls"])
+    # Reference from the focal paper's definition, per class column:
+    # FL = -alpha_t (1 - p_t)^gamma log(p_t), times the column's class weight.
+    labels = record.labels
+    p = outputs.cls_logits.sigmoid()
+    onehot = torch.zeros_like(p)
+    onehot[labels > 0, labels[labels > 0] - 1] = 1.0
+    p_t = torch.where(onehot > 0, p, 1 - p)
+    a_t = torch.where(onehot > 0, torch.tensor(alpha), 1 - torch.tensor(alpha))
+    per_column = -a_t * (1 - p_t) ** 2 * torch.log(p_t.clamp(min=1e-30)) * torch.tensor(class_weights)
+    per_anchor = per_column.sum(-1) * (labels >= 0)
+    expected = per_anchor.sum() / max(1, int((labels > 0).sum()))
+    torch.testing.assert_close(b["cls"], expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(b["cls"], a["cls"])
+
+
+def test_softmax_class_weights_scale_each_anchor_by_its_target_class():
+    gen = torch.Generator().manual_seed(13)
+    anchors = random_boxes(300, gen)
+    targets = make_targets(gen, [3, 2], 3)
+    outputs = make_outputs(gen, 2, anchors, 4)
+    weights = [0.2, 1.0, 3.0, 5.0]  # background first
+    criterion = build_criterion(
+        "softmax", BoxCoder(SSD_WEIGHTS), {}, {"class_weights": weights}, {"type": "all"}
+    )
+    losses, record = criterion(outputs, anchors, targets)
+    labels = record.labels
+    ce = torch.nn.functional.cross_entropy(
+        outputs.cls_logits.reshape(-1, 4), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).reshape(labels.shape)
+    w = torch.tensor(weights)[labels.clamp(min=0)] * (labels >= 0)
+    expected = (ce * w).sum() / max(1, int((labels > 0).sum()))
+    torch.testing.assert_close(losses["cls"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_build_criterion_config_errors():

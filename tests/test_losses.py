@@ -123,13 +123,23 @@ def test_balanced_ce_is_alpha_weighted_bce():
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_sigmoid_focal_loss_keeps_torchvision_signature(reduction):
+    import inspect
+
+    def names_and_defaults(fn):
+        return [(n, p.default) for n, p in inspect.signature(fn).parameters.items()]
+
+    assert names_and_defaults(sigmoid_focal_loss) == names_and_defaults(tv_focal)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(10, 3, generator=gen)
+    x = torch.randn(10, 3, generator=gen) * 3
     t = (torch.rand(10, 3, generator=gen) > 0.7).float()
-    torch.testing.assert_close(
-        sigmoid_focal_loss(x, t, alpha=0.3, gamma=1.0, reduction=reduction),
-        tv_focal(x, t, alpha=0.3, gamma=1.0, reduction=reduction),
-    )
+    # The paper's definition (Lin et al. 2017, eq. 5), written out independently:
+    # FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t).
+    p = torch.sigmoid(x.double())
+    p_t = torch.where(t > 0, p, 1 - p)
+    alpha_t = torch.where(t > 0, 0.3, 0.7)
+    ref = -alpha_t * (1 - p_t) ** 1.0 * torch.log(p_t)
+    ref = {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction].float()
+    torch.testing.assert_close(sigmoid_focal_loss(x, t, alpha=0.3, gamma=1.0, reduction=reduction), ref)
 
 
 @pytest.mark.parametrize("sparse", [False, True])
