@@ -296,8 +296,10 @@ class DetectionDataLoader(DataLoader):
             expected = [len(b) for b in sampler.epoch_batches()[sampler.batches_consumed :]]
         else:
             expected = [len(b) for b in self.batch_sampler]  # type: ignore[union-attr]
+        batches = super().__iter__()
+        error: DetmineError | None = None
         try:
-            for j, (images, targets, skipped) in enumerate(super().__iter__()):
+            for j, (images, targets, skipped) in enumerate(batches):
                 if sampler is not None:
                     sampler.batches_consumed += 1
                 self._count(expected[j] if j < len(expected) else len(targets) + len(skipped), skipped)
@@ -305,10 +307,14 @@ class DetectionDataLoader(DataLoader):
                     continue
                 yield images, targets
         except DetmineError as exc:
-            clean = _one_line(exc)
-            if clean is exc:
+            error = _one_line(exc)
+            if error is exc:
                 raise
-            raise clean from None
+        if error is not None:
+            # raised outside the except block: no reference to the worker's traceback (which
+            # holds the iterator), so the workers shut down now rather than at garbage collection
+            del batches
+            raise error
         if sampler is not None:
             sampler.set_epoch(sampler.epoch + 1)
 

@@ -62,6 +62,9 @@ class SampleKey(int):
     def __repr__(self) -> str:
         return f"SampleKey({int(self)}, epoch={self.epoch}, repeat={self.repeat})"
 
+    def __str__(self) -> str:  # f"{key}" is the index, like an int
+        return str(int(self))
+
 
 def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0, *, refill: bool = False) -> int:
     """The augmentation seed (an int in ``[0, 2**64)``) of one sample, a pure function of its arguments.

@@ -245,3 +245,29 @@ def test_tiny_coco_eval_pipeline_scales_boxes_and_counts_bad_images(tiny_coco_ro
         scale = torch.tensor([64 / w, 64 / h, 64 / w, 64 / h])
         ref = plain.records[k].boxes
         torch.testing.assert_close(t["boxes"], torch.as_tensor(ref) * scale, atol=0.05, rtol=0)
+
+
+def test_padding_follows_the_model_divisibility_and_mean() -> None:
+    from detmine.data.transforms import IMAGENET_MEAN_255
+
+    big = torch.randint(0, 255, (3, 300, 300), dtype=torch.uint8)
+    small = torch.randint(0, 255, (3, 280, 290), dtype=torch.uint8)
+    samples = [(big, make_target(1, 300, 300)), (small, make_target(2, 280, 290))]
+    images, _ = collate(samples, size_divisible=1, pad_value=IMAGENET_MEAN_255)
+    assert images.shape == (2, 3, 300, 300)
+    assert torch.equal(images[0], big) and torch.equal(images[1, :, :280, :290], small)
+    mean = torch.tensor([124, 116, 104], dtype=torch.uint8).view(3, 1, 1)  # rounded half up
+    assert images[1, :, 280:].eq(mean).all() and images[1, :, :, 290:].eq(mean).all()
+    assert collate(samples, pad_value=7)[0][1, :, 300:].eq(7).all()  # one value, all channels
+
+    class Square(FakeDataset):
+        def image_size(self, i: int) -> tuple[int, int]:
+            return (300, 300)
+
+    loader = build_dataloader(
+        Square(5), 2, train=True, num_workers=0, size_divisible=1, pad_value=IMAGENET_MEAN_255
+    )
+    assert {tuple(images.shape[2:]) for images, _ in loader} == {(300, 300)}
+    for bad in ((1, 2), (0, 0, 300), "grey"):
+        with pytest.raises(ConfigError, match="pad_value"):
+            build_dataloader(Square(2), 1, train=False, num_workers=0, pad_value=bad)
