@@ -117,3 +117,36 @@ def test_vgg16_features_file_loads_into_the_atrous_backbone(tmp_path):
     backbone = VGG16Atrous(weights=path)
     torch.testing.assert_close(backbone.conv4_3[0].weight, features["0.weight"])
     torch.testing.assert_close(backbone.fc7[1].weight, features["24.weight"])  # conv5_1 after pool4
+
+
+class _Payload:
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_pickle_payload_in_a_backbone_file_is_refused_and_never_runs(resnet18_file, tmp_path):
+    sentinel = tmp_path / "PWNED"
+    state = torch.load(resnet18_file)
+    state["fc.weight"] = _Payload(sentinel)  # hidden among the real tensors
+    evil = tmp_path / "resnet18-evil.pth"
+    torch.save(state, evil)
+    with pytest.raises(CheckpointError) as info:
+        build_model("retinanet_resnet18_fpn", 3, weights=str(evil))
+    msg = str(info.value)
+    assert msg.startswith(f"weights file {evil} is refused: loading it needs the global ") and "system" in msg
+    assert "\n" not in msg and not sentinel.exists()
+
+
+def test_safetensors_backbone_file(resnet18_file, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(resnet18_file)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(state, path)
+    backbone = ResNetBackbone(depth=18, weights=path)
+    torch.testing.assert_close(backbone.body.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
