@@ -16,15 +16,12 @@ from detmine.errors import DetmineError
 
 
 def version_string() -> str:
-    """``detmine X (torch Y)``. Torch's version is ``torch.__version__`` when torch is already
-    imported, else read from its installed metadata (so ``--version`` does not import torch)."""
-    if "torch" in sys.modules:
-        torch_version = str(sys.modules["torch"].__version__)
-    else:
-        try:
-            torch_version = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            torch_version = "not installed"
+    """``detmine X (torch Y)``, torch's version read from its installed metadata (no import, so
+    without a build tag such as ``+cu130``: ``python -m detmine.env`` shows that)."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
     return f"detmine {detmine.__version__} (torch {torch_version})"
 
 

@@ -25,6 +25,13 @@ def test_version_is_pep440_and_set_in_one_place():
     assert not re.search(r'(?m)^version\s*=\s*"', pyproject)  # no second, static version
 
 
+def test_setuptools_reads_the_package_version():
+    """What ``pip install .`` / ``pip install -e .`` will write into the metadata."""
+    pyprojecttoml = pytest.importorskip("setuptools.config.pyprojecttoml")
+    config = pyprojecttoml.read_configuration(REPO / "pyproject.toml")
+    assert config["project"]["version"] == detmine.__version__
+
+
 def test_installed_metadata_matches_when_installed_from_this_tree():
     try:
         installed = importlib.metadata.version("detmine")
