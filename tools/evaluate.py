@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, e.g. eval.batch_size=8 data.root=/data/coco"
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Train a detector from a recipe, evaluate it, print the COCO table.
 
-    python tools/train.py CONFIG [key=value ...] [--resume] [--output-dir DIR]
+    python tools/train.py CONFIG [key=value ...] [--resume] [--overwrite] [--allow-config-change]
+                          [--output-dir DIR]
     torchrun --nproc_per_node N tools/train.py CONFIG ...     # several GPUs (or CPU processes)
 
 Overrides use the config's dotted keys, e.g. ``mining=ohem train.lr=0.01 train.max_iters=2000``.
 The run folder (``output_dir``) receives ``config.yaml`` (the resolved config),
 ``metrics.jsonl``, TensorBoard events, ``model_<iteration>.pth`` checkpoints, ``latest`` and
-``best.pth``. ``--resume`` continues from the newest checkpoint there. The synthetic dataset
-is generated on first use. Exit status 2 with ``error: <message>`` on a user error (bad
-config key or value, missing data, corrupt checkpoint, non-finite loss).
+``best.pth``. ``--resume`` continues from the newest checkpoint there (the config may differ
+only in where results go and how the run is watched, or in its length, unless
+``--allow-config-change``); a folder holding another run is refused unless ``--overwrite``.
+The synthetic dataset is generated on first use. Ctrl-C / SIGTERM write a checkpoint of the
+current iteration and exit 130 / 143. Exit status 2 with ``error: <message>`` on a user error
+(bad config key or value, missing data, corrupt checkpoint, non-finite loss).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 
 from detmine.cli import run_tool
+from detmine.errors import TrainingInterrupted
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,8 +33,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in output_dir"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints and metrics of an earlier run in output_dir and start again",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue even when the config differs from the checkpoint's",
+    )
     parser.add_argument("--output-dir", default=None, help="run folder (overrides output_dir of the config)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +71,20 @@ def run(args: argparse.Namespace) -> int:
         train_set, val_set = builders.build_datasets(cfg)
         model = builders.build_model_from_config(cfg, train_set.num_classes)
         criterion = builders.build_criterion_from_config(cfg, model)
-        trainer = builders.build_trainer(cfg, model, criterion, train_set, val_set)
-        result = trainer.train()
+        trainer = builders.build_trainer(
+            cfg,
+            model,
+            criterion,
+            train_set,
+            val_set,
+            overwrite=args.overwrite,
+            allow_config_change=args.allow_config_change,
+        )
+        try:
+            result = trainer.train()
+        except TrainingInterrupted as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            return exc.exit_code
         if dist.is_main_process():
             minutes = (time.perf_counter() - start) / 60
             print(

@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, e.g. vis.top_k=50 data.root=/data/coco"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     for name in ("num_images", "gallery_images", "gallery_size"):
         if getattr(args, name) < 0 or (name == "gallery_size" and args.gallery_size < 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {1 if name == 'gallery_size' else 0}")

@@ -106,14 +106,35 @@ def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
     else:
         transform = build_transforms("eval", d.image_size, **eval_transform_options(cfg))
     options = dict(d.options) if train else {**d.options, **d.val_options}
+    if d.kind == "voc" and options.get("class_names") is None:
+        options["class_names"] = voc_class_names(cfg)
     return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **options)
 
 
+def voc_class_names(cfg: Config) -> list[str]:
+    """The class names of a VOC-format dataset without ``data.options.class_names``: discovered
+    from the TRAINING split's annotations, so every split and tool shares one mapping."""
+    from detmine.data.voc import discover_class_names
+
+    d = cfg.data
+    years = {"years": d.options["years"]} if "years" in d.options else {}
+    return discover_class_names(d.root, split=d.train_split, **years)
+
+
 def build_datasets(cfg: Config) -> tuple[Any, Any]:
-    """``(train_dataset, val_dataset)`` of the configured data."""
-    return build_dataset_split(cfg, cfg.data.train_split, True), build_dataset_split(
-        cfg, cfg.data.val_split, False
-    )
+    """``(train_dataset, val_dataset)`` of the configured data. VOC class names discovered from
+    the annotations are written into ``cfg.data.options.class_names``, so the run's
+    config.yaml keeps the mapping for evaluation and prediction."""
+    train_set = build_dataset_split(cfg, cfg.data.train_split, True)
+    if cfg.data.kind == "voc" and cfg.data.options.get("class_names") is None:
+        cfg.data.options["class_names"] = list(train_set.class_names)
+        if dist.is_main_process():
+            print(
+                f"VOC split {cfg.data.train_split!r}: data.options.class_names not given; using the "
+                f"{len(train_set.class_names)} classes of its annotations: {train_set.class_names} "
+                "(saved in the run's config.yaml; set data.options.class_names to choose the order)"
+            )
+    return train_set, build_dataset_split(cfg, cfg.data.val_split, False)
 
 
 def per_process_batch(global_batch: int, what: str = "train.batch_size") -> int:

@@ -6,9 +6,19 @@ clipping -> optimiser step -> per-iteration LR schedule -> optional EMA update -
 (mined-negative pictures, logging, evaluation, checkpoints).
 
 Everything the run needs to continue exactly where it stopped -- weights, optimiser,
-scheduler, scaler, EMA, data position and the random generators of every rank -- is in the
-checkpoint, so ``train.resume=true`` after an interruption ends with the same weights as an
-uninterrupted run (CPU, ``num_workers=0``).
+scheduler, scaler, EMA, criterion state (the EMA normaliser), data position and the random
+generators of every rank -- is in the checkpoint, and each sample's augmentation is seeded
+from (seed, epoch, index), so ``train.resume=true`` after an interruption ends with the same
+weights as an uninterrupted run, with any number of loader workers.
+
+Ctrl-C (SIGINT) and SIGTERM do not kill the run mid-step: the current step finishes, every
+process agrees to stop at the same iteration (a flag all-reduced each step), a checkpoint of
+that iteration is written and :class:`~detmine.errors.TrainingInterrupted` is raised (the
+tools exit 130 / 143). ``metrics.jsonl`` is cut back to the resumed iteration, so records a
+killed run wrote after its last checkpoint are not duplicated.
+
+A new run never mixes with an old one: a run folder that holds checkpoints or metrics is
+refused unless the run resumes (``train.resume``) or ``overwrite=True`` clears it first.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +48,8 @@ from detmine.engine.checkpoint import (
     set_rng_state,
 )
 from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
-from detmine.errors import CheckpointError, ConfigError, NonFiniteError
+from detmine.engine.resume import ConfigChanges, check_resume_config
+from detmine.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 
 __all__ = ["Trainer", "seed_everything", "targets_to", "unwrap"]
 from detmine.structures import HeadOutputs, Target
@@ -65,6 +78,10 @@ class Trainer:
         train_loader: yields ``(images uint8 [B, 3, H, W], targets)`` with a seeded sampler.
         val_loader, val_dataset: for periodic and final evaluation (optional).
         iters_per_epoch: batches per epoch on this rank (for ``train.epochs``; default ``len(train_loader)``).
+        overwrite: a fresh run into a folder holding an earlier run's checkpoints / metrics
+            deletes them first (without it such a folder is refused).
+        allow_config_change: resuming with a config that differs from the checkpoint's in
+            keys that affect the weights is allowed (see :mod:`detmine.engine.resume`).
     """
 
     def __init__(
@@ -78,8 +95,12 @@ class Trainer:
         val_dataset: Any = None,
         iters_per_epoch: int | None = None,
         class_names: list[str] | None = None,
+        overwrite: bool = False,
+        allow_config_change: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.overwrite = overwrite
+        self.allow_config_change = allow_config_change
         t = cfg.train
         self.output_dir = Path(cfg.output_dir)
         self.is_main = dist.is_main_process()
@@ -141,6 +162,8 @@ class Trainer:
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._window = (0, time.perf_counter())  # (iteration, time) at the last log
         self._bar: tqdm | None = None
+        self._stop_signal: int | None = None
+        self._config_history: list[str] = []
 
     # ------------------------------------------------------------------ set-up
 
@@ -154,11 +177,41 @@ class Trainer:
             )
         return torch.device("cuda", dist.get_local_rank())
 
+    def _output_error(self, path: Path, exc: OSError) -> CheckpointError:
+        reason = exc.strerror or type(exc).__name__
+        return CheckpointError(f"cannot write {path} in the run folder: {reason} (check output_dir)")
+
+    def _holds_a_run(self) -> bool:
+        return self.checkpoints.has_checkpoints() or (self.output_dir / "metrics.jsonl").is_file()
+
+    def _prepare_run_folder(self, resuming: bool) -> None:
+        """Refuse (or, with ``overwrite``, clear) a folder that holds another run; remove the
+        temporary files an interrupted write left behind. Every rank checks, rank 0 clears."""
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise CheckpointError(f"output_dir {self.output_dir} is a file, not a folder")
+        if not resuming and self._holds_a_run():
+            if not self.overwrite:
+                raise ConfigError(
+                    f"output_dir {self.output_dir} already holds a run; continue it with --resume, "
+                    "or pass --overwrite to delete its checkpoints and metrics and start again"
+                )
+            if self.is_main:
+                self.checkpoints.clear()
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                for events in self.output_dir.glob("events.out.tfevents.*"):
+                    events.unlink()
+            dist.barrier()
+        if self.is_main and self.output_dir.is_dir():
+            self.checkpoints.remove_stale_tmp()
+
     def _open_outputs(self) -> None:
         if not self.is_main:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.output_dir / "config.yaml")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._output_error(self.output_dir, exc) from None
+        self._write_config()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.output_dir))
@@ -177,37 +230,116 @@ class Trainer:
                     cls_activation=unwrap(self.model).cls_activation,
                 )
 
+    def _write_config(self) -> None:
+        """``config.yaml``: what runs now, with the accepted changes of earlier resumes as
+        header comments (the file stays loadable with ``load_config``)."""
+        path = self.output_dir / "config.yaml"
+        header = [line for line in self._config_history if line]
+        try:
+            save_config(self.cfg, path, header=header)
+        except OSError as exc:
+            raise self._output_error(path, exc) from None
+
+    def _previous_history(self) -> list[str]:
+        path = self.output_dir / "config.yaml"
+        if not path.is_file():
+            return []
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("# "):
+                break
+            lines.append(line[2:])
+        return lines
+
     def resume_or_load(self) -> bool:
-        """With ``train.resume``, continue from the newest checkpoint in ``output_dir``."""
-        if not self.cfg.train.resume:
-            return False
-        state = self.checkpoints.load_latest(map_location="cpu")
+        """With ``train.resume``, continue from the newest checkpoint in ``output_dir``.
+
+        The checkpoint's config is compared with this run's (:mod:`detmine.engine.resume`):
+        free keys may differ, a new length re-stretches the schedule (warning), any other
+        difference is refused unless ``allow_config_change``.
+        """
+        resuming = self.cfg.train.resume
+        state = self.checkpoints.load_latest(map_location="cpu") if resuming else None
+        self._prepare_run_folder(resuming)
+        if resuming and state is None and self.is_main:
+            tqdm.write(f"note: no checkpoint in {self.output_dir} to resume from; starting from scratch")
+        changes = ConfigChanges()
+        if state is not None:
+            changes = check_resume_config(
+                state.get("config"),
+                config_to_dict(self.cfg),
+                allow_change=self.allow_config_change,
+                source=str(self.checkpoints.latest()),
+            )
+            self._config_history = self._previous_history()
+            if changes.recorded:
+                self._config_history.append(
+                    f"resumed at iteration {int(state['iteration'])} with changes: "
+                    f"{'; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.recorded.items())}"
+                )
+        self._open_outputs()
         if state is None:
-            if self.is_main:
-                tqdm.write(f"note: no checkpoint in {self.output_dir} to resume from; starting from scratch")
+            if resuming:
+                self._truncate_metrics(0)
             return False
-        self.load_state(state)
+        self.load_state(state, fresh_optimizer="train.optimizer" in changes.other)
+        self._truncate_metrics(self.iteration)
         if self.is_main:
             tqdm.write(f"resumed from {self.checkpoints.latest()} at iteration {self.iteration}")
+            if changes.length:
+                tqdm.write(
+                    f"warning: training length changed ({changes.describe('length')}); the learning-rate "
+                    f"schedule is re-stretched over {self.max_iters} iterations"
+                )
+            if changes.other:
+                tqdm.write(f"warning: resuming with a changed config: {changes.describe()}")
         return True
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint written by :meth:`state_dict`."""
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drop the metrics records a killed run wrote after ``iteration`` (its checkpoint)."""
+        path = self.output_dir / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if int(json.loads(line).get("iteration", 0)) <= iteration:
+                    kept.append(line)
+            except (ValueError, AttributeError):
+                continue  # a line cut short by the kill
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def load_state(self, state: dict[str, Any], fresh_optimizer: bool = False) -> None:
+        """Restore a checkpoint written by :meth:`state_dict`.
+
+        The optimizer's hyper-parameters and the schedule's base learning rates come from this
+        run's config (equal to the checkpoint's unless a change was allowed); with
+        ``fresh_optimizer`` (another optimizer type) its state is not loaded at all.
+        """
         missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "sampler") if k not in state]
         if missing:
             raise CheckpointError(
                 f"checkpoint lacks {', '.join(missing)}; it is not a detmine training checkpoint"
             )
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             unwrap(self.model).load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not fresh_optimizer:
+                self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
+            if state.get("criterion") is not None:
+                self.criterion.load_state_dict(state["criterion"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"checkpoint does not fit this model/optimizer: {str(exc).splitlines()[0]}"
             ) from None
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, configured, strict=True):
+            group.update({k: v for k, v in values.items() if k != "lr"})
+        base_lrs = [values["initial_lr"] for values in configured]
+        self.scheduler.load_state_dict({**state["scheduler"], "base_lrs": base_lrs})
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -227,6 +359,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "criterion": self.criterion.state_dict() if hasattr(self.criterion, "state_dict") else None,
             "iteration": self.iteration,
             "epoch": self.data.epoch,
             "sampler": self.data.state_dict(),
@@ -239,24 +372,32 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def train(self) -> Any:
-        """Run to ``max_iters``; returns the final :class:`EvalResult` (rank 0) or None."""
-        self._open_outputs()
+        """Run to ``max_iters``; returns the final :class:`EvalResult` (rank 0) or None.
+
+        Raises:
+            TrainingInterrupted: after SIGINT / SIGTERM, once the checkpoint of the current
+                iteration is written.
+        """
         self.resume_or_load()
         self.model.train()
         if self.is_main:
             self._bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", dynamic_ncols=True)
         self._window = (self.iteration, time.perf_counter())
         try:
-            while self.iteration < self.max_iters:
-                images, targets = next(self.data)
-                self.run_step(images, targets)
-                self.iteration += 1
-                self._after_step()
+            with self._stop_on_signals():
+                while self.iteration < self.max_iters:
+                    images, targets = next(self.data)
+                    self.run_step(images, targets)
+                    self.iteration += 1
+                    self._after_step()
+                    if self._stop_requested():
+                        self._stop()
             if self._last_saved is None or self._last_saved != self.checkpoints.path_for(self.iteration):
                 self.save()
             period = self.cfg.eval.period
             if self.val_loader is not None and (period <= 0 or self.iteration % period != 0):
                 self.evaluate()
+            self._report_skipped_images()
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -264,6 +405,47 @@ class Trainer:
                 self.writer.flush()
                 self.writer.close()
         return self.last_eval
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT / SIGTERM ask the loop to stop after the current step (a second one stops at
+        once). Only the main thread can install handlers; elsewhere this does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_requested(self) -> bool:
+        """True on every process when any of them received a stop signal (all-reduced)."""
+        return not dist.all_true(self._stop_signal is None, self.device)
+
+    def _stop(self) -> None:
+        path = self.save()
+        signum = self._stop_signal if self._stop_signal is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
+        where = path if path is not None else self.checkpoints.path_for(self.iteration)
+        raise TrainingInterrupted(
+            f"{name} received: stopped at iteration {self.iteration}, checkpoint {where}; "
+            "continue with --resume",
+            exit_code=128 + int(signum),
+        )
+
+    def _report_skipped_images(self) -> None:
+        summary = getattr(self.data.loader, "skipped_summary", None)
+        text = summary() if callable(summary) else None
+        if text and self.is_main:
+            tqdm.write(f"warning: {text}")
 
     def run_step(self, images: torch.Tensor, targets: list[Target]) -> None:
         """One optimisation step (or a counted skip of a non-finite batch)."""
@@ -277,10 +459,16 @@ class Trainer:
         with autocast:
             out = self.model(images)
         outputs = HeadOutputs(out.cls_logits.float(), out.box_deltas.float(), out.anchors.float())
-        losses, record = self.criterion(outputs, outputs.anchors, targets)
+        try:
+            losses, record = self.criterion(outputs, outputs.anchors, targets)
+        except NonFiniteError as exc:  # raised on every process together (see Criterion)
+            self._on_nonfinite(str(exc))
+            self.scheduler.step()
+            return
         total = sum(losses.values())
         if not dist.all_true(bool(torch.isfinite(total)), self.device):
-            self._on_nonfinite(losses)
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            self._on_nonfinite(f"loss is not finite ({values})")
             self.scheduler.step()
             return
         self.optimizer.zero_grad(set_to_none=True)
@@ -298,20 +486,21 @@ class Trainer:
         if self.visualizer is not None:
             self.visualizer.maybe_log(self.iteration, images, targets, outputs, record)
 
-    def _on_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+    def _on_nonfinite(self, what: str) -> None:
+        """Skip the batch (``train.on_nonfinite=skip``) or stop naming the iteration and the
+        last good checkpoint. ``what`` says which tensor was not finite."""
         if self.cfg.train.on_nonfinite == "skip":
             self.skipped_nonfinite += 1
             if self.is_main:
                 tqdm.write(
-                    f"warning: non-finite loss ({values}) at iteration {self.iteration}; batch skipped "
+                    f"warning: {what} at iteration {self.iteration}; batch skipped "
                     f"({self.skipped_nonfinite} so far)"
                 )
             return
         last = self.checkpoints.latest()
         where = f"last good checkpoint: {last}" if last is not None else "no checkpoint was saved yet"
         raise NonFiniteError(
-            f"loss is not finite ({values}) at iteration {self.iteration}; {where} "
+            f"{what} at iteration {self.iteration}; {where} "
             "(lower train.lr or lengthen train.warmup_iters, or set train.on_nonfinite=skip)"
         )
 
@@ -370,8 +559,12 @@ class Trainer:
             )
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.output_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise self._output_error(path, exc) from None
 
     def evaluate(self) -> Any:
         """COCO evaluation of the EMA weights (or the model) on the validation loader."""
@@ -384,6 +577,7 @@ class Trainer:
                 net,
                 self.val_loader,
                 self.val_dataset,
+                predict_options=self.cfg.eval.postprocess.options(),
                 backend=self.cfg.eval.backend,
                 device=self.device,
                 gather_fn=gather,

@@ -115,12 +115,12 @@ class FakeDetector(nn.Module):
         return HeadOutputs(cls, box, self.anchors)
 
     @torch.no_grad()
-    def predict(self, images, input_sizes=None, orig_sizes=None):
+    def predict(self, images, input_sizes=None, orig_sizes=None, *, detections_per_img=5, **postprocess):
         out = self(images)
         dets = []
         for logits, deltas in zip(out.cls_logits, out.box_deltas, strict=True):
             scores, labels = logits.sigmoid().max(dim=1)
-            keep = scores.topk(5).indices
+            keep = scores.topk(min(5, detections_per_img)).indices
             boxes = (out.anchors + deltas)[keep].clamp(0, SIZE)
             boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
             dets.append({"boxes": boxes, "scores": scores[keep], "labels": labels[keep] + 1})
