@@ -19,7 +19,7 @@ The training sampler's batches hold :class:`SampleKey` s: ints (the dataset inde
 the index in the epoch's global list (``repeat``: > 0 for repeat-factor copies and for the
 batches that complete the last distributed round). :func:`sample_seed` turns
 ``(seed, epoch, index, repeat)`` into the seed of that sample's augmentation; the loader
-(:class:`detmine.data.loader.KeyedDataset`) reseeds the transform with it right before
+(:class:`detmine.data.keyed.KeyedDataset`) reseeds the transform with it right before
 transforming the sample, in whichever process loads it. Augmentations therefore depend on
 neither the number of loader workers, nor the batch size, nor the number of ranks, and a
 run resumed mid-epoch sees exactly the batches of an uninterrupted one.
