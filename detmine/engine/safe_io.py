@@ -15,6 +15,8 @@ checkpoint written by detmine contains -- and refuses a file that needs more wit
 (the tools' ``--trust-checkpoint``) loads such a file with the full unpickler.
 ``.safetensors`` files (:func:`read_safetensors`, recognised by content whatever their name)
 hold only tensors and a string table of metadata and never run code.
+
+Imports no torch at module level, so light modules (the config writer) can use the writers.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from detmine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The command-line flag of the tools that loads a file with the full (code-running) unpickler.
 TRUST_FLAG = "--trust-checkpoint"
@@ -197,6 +200,8 @@ def read_torch_file(
             code of the file has run.
         CorruptCheckpointError: the file is truncated or not a torch file.
     """
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
@@ -205,14 +210,10 @@ def read_torch_file(
         if name is not None or detail is not None:
             needs = f"the global {name}" if name else detail
             if hint is None:
-                hint = (
-                    f"if you trust where the file comes from (e.g. your own checkpoint written by an older "
-                    f"detmine), pass {TRUST_FLAG} to load it with the full unpickler"
-                )
+                hint = f"if you trust the file (e.g. your own checkpoint from an older detmine), pass {TRUST_FLAG}"
             raise UnsafeCheckpointError(
-                f"{what} {path} is refused: loading it needs {needs}, and unpickling that could run "
-                f"code (weights-only loading allows only tensors, numbers, strings, lists and dicts); "
-                f"{hint}",
+                f"{what} {path} is refused: loading it needs {needs}, and unpickling that can run code "
+                f"(only tensors, numbers, strings, lists and dicts load safely); {hint}",
                 path=path,
                 global_name=name,
             ) from None
@@ -261,6 +262,8 @@ def read_safetensors(
         CorruptCheckpointError: the file is not a valid safetensors file.
         CheckpointError: the ``safetensors`` package is not installed.
     """
+    import torch
+
     path = Path(path)
     try:
         from safetensors import SafetensorError, safe_open

@@ -204,3 +204,12 @@ def test_atomic_write_text(tmp_path):
     assert path.read_text() == "a: 1\n"
     atomic_write_text(path, "a: 2\n")
     assert path.read_text() == "a: 2\n" and sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+
+
+def test_writers_import_no_torch():
+    """config.py may use atomic_write_text without making config errors slow."""
+    import subprocess
+    import sys
+
+    code = "import sys, detmine.engine.safe_io; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
