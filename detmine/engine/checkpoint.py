@@ -488,7 +488,8 @@ def load_model_state(
     ]
     missing = [k for k in expected if k not in state_dict and not k.endswith(counter)]
     unexpected = [k for k in state_dict if k not in expected and not k.endswith(counter)]
-    fits = {k: v for k, v in state_dict.items() if k in expected and k not in mismatched}
+    skipped = set(mismatched) | set(missing)
+    fits = {k: v for k, v in state_dict.items() if k in expected and k not in skipped}
     if not partial and (mismatched or missing or unexpected):
         parts = []
         if mismatched:
@@ -513,5 +514,4 @@ def load_model_state(
         raise CheckpointError(
             f"checkpoint {source} does not fit the model: {str(exc).strip().splitlines()[0]}"
         ) from None
-    skipped = set(mismatched) | set(missing)
     return [k for k in expected if k in skipped]
