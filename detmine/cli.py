@@ -36,6 +36,39 @@ def add_version_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+TRUST_HELP = (
+    "load a checkpoint that needs the full unpickler (it can run code: only files you trust, "
+    "e.g. your own from detmine 0.1)"
+)
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every tool over a trained detector shares: ``config``, ``checkpoint``,
+    ``--weights``, ``--device``, ``--trust-checkpoint`` and ``--version``."""
+    parser.add_argument("config", help="recipe YAML (configs/*.yaml) or a run's config.yaml")
+    parser.add_argument(
+        "checkpoint", help="a detmine checkpoint (.pth), an exported .safetensors or a bare model state dict"
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "ema", "model"),
+        help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
+    )
+    parser.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
+    )
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    return add_version_argument(parser)
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> argparse.ArgumentParser:
+    """Dotted config overrides, accepted anywhere on the command line (parse with
+    ``parser.parse_intermixed_args``)."""
+    parser.add_argument("overrides", nargs="*", help=f"config overrides key.sub=value, e.g. {example}")
+    return parser
+
+
 def run_tool(
     run: Callable[[argparse.Namespace], int], args: argparse.Namespace, *, interrupt_hint: str = ""
 ) -> int:

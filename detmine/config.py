@@ -73,7 +73,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: convert BatchNorm to SyncBatchNorm when training on several processes.
     sync_bn: bool = False
-    #: a detmine checkpoint (or a bare state dict) to initialise the whole detector from.
+    #: a detmine checkpoint, exported ``.safetensors`` or bare state dict to initialise the
+    #: detector from (fine-tuning): every tensor that fits is loaded, the others (e.g. the
+    #: classifier when the number of classes differs) are named and keep their initialisation.
     weights: str | None = None
 
 
@@ -529,10 +531,9 @@ def save_config(cfg: Config, path: str | Path, header: typing.Sequence[str] = ()
     """Write the fully resolved config as YAML (loadable again with :func:`load_config`),
     preceded by ``header`` lines as YAML comments (e.g. the history of resumed changes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     comments = "".join(f"# {line}\n" for line in header)
     text = comments + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from detmine.engine.safe_io import atomic_write_text
+
+    atomic_write_text(path, text, what="config")
     return path

@@ -19,16 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detmine.cli import run_tool
-from detmine.engine.checkpoint import select_weights
+from detmine.cli import add_checkpoint_arguments, add_overrides_argument, run_tool
 from detmine.engine.distributed import pick_device
-from detmine.errors import CheckpointError, ConfigError
+from detmine.errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="recipe YAML (configs/*.yaml)")
-    parser.add_argument("checkpoint", help="a detmine checkpoint (.pth) or a bare model state dict")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--split", default=None, help="dataset split (default: data.val_split of the config)")
     parser.add_argument(
         "--backend",
@@ -37,24 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="COCO evaluation backend (default: eval.backend of the config); both give identical numbers",
     )
     parser.add_argument(
-        "--weights",
-        default="auto",
-        choices=("auto", "ema", "model"),
-        help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
-    )
-    parser.add_argument(
         "--metrics", default=None, help="comma-separated subset of coco,voc (default: voc added on VOC data)"
-    )
-    parser.add_argument(
-        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
     )
     parser.add_argument(
         "--out", default=None, help="results JSON (default: <checkpoint dir>/results_<split>.json)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. eval.batch_size=8 data.root=/data/coco"
-    )
+    add_overrides_argument(parser, "eval.batch_size=8 data.root=/data/coco")
     return parser.parse_intermixed_args(argv)
 
 
@@ -73,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     from detmine.engine import builders
     from detmine.engine import distributed as dist
-    from detmine.engine.checkpoint import load_checkpoint
     from detmine.engine.evaluator import evaluate
 
     split = args.split or cfg.data.val_split
@@ -83,22 +69,14 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
         raise ConfigError(f"--metrics {args.metrics!r}: expected a comma-separated subset of coco,voc")
     device = pick_device(args.device or cfg.train.device)
 
-    weights, which = select_weights(
-        load_checkpoint(args.checkpoint), args.weights, args.checkpoint
+    weights = builders.read_detector_weights(
+        args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint
     )  # fail fast
-
     builders.prepare_data(cfg)
     dataset = builders.build_dataset_split(cfg, split, train=False)
-    loader = builders.build_val_loader(cfg, dataset)
-    model = builders.build_model_from_config(cfg, dataset.num_classes)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with {dataset.num_classes} classes: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    model.to(device)
+    model = builders.load_detector(cfg, dataset.num_classes, weights, device=device)
+    which = weights.which
+    loader = builders.build_val_loader(cfg, dataset, model)
 
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"results_{split}.json"
     gather = dist.all_gather_object if dist.get_world_size() > 1 else None
@@ -112,6 +90,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
         progress=not args.no_progress,
         metrics=metrics,
         results_path=out,
+        predict_options=cfg.eval.postprocess.options(),
     )
     if result is None:  # not rank 0
         return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detmine.cli import run_tool
+from detmine.cli import TRUST_HELP, add_version_argument, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,12 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("auto", "ema", "model"),
         help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
     )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load a checkpoint that needs the full unpickler (it can run code: only your own files, "
-        "e.g. from an older detmine)",
-    )
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_version_argument(parser)
     return parser.parse_args(argv)
 
 

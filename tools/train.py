@@ -22,14 +22,14 @@ import argparse
 import sys
 import time
 
-from detmine.cli import run_tool
+from detmine.cli import TRUST_HELP, add_overrides_argument, add_version_argument, run_tool
 from detmine.errors import TrainingInterrupted
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="recipe YAML (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.lr=0.01")
+    add_overrides_argument(parser, "train.lr=0.01 mining=ohem")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in output_dir"
     )
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --resume: continue even when the config differs from the checkpoint's",
     )
     parser.add_argument("--output-dir", default=None, help="run folder (overrides output_dir of the config)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_version_argument(parser)
     return parser.parse_intermixed_args(argv)
 
 
@@ -69,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
         seed_everything(cfg.train.seed)
         train_set, val_set = builders.build_datasets(cfg)
-        model = builders.build_model_from_config(cfg, train_set.num_classes)
+        model = builders.build_model_from_config(
+            cfg, train_set.num_classes, trust_checkpoint=args.trust_checkpoint
+        )
         criterion = builders.build_criterion_from_config(cfg, model)
         trainer = builders.build_trainer(
             cfg,
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             val_set,
             overwrite=args.overwrite,
             allow_config_change=args.allow_config_change,
+            trust_checkpoint=args.trust_checkpoint,
         )
         try:
             result = trainer.train()

@@ -35,16 +35,14 @@ from typing import Any
 import cv2
 import torch
 
-from detmine.cli import run_tool
-from detmine.engine.checkpoint import select_weights
+from detmine.cli import add_checkpoint_arguments, add_overrides_argument, run_tool
 from detmine.engine.distributed import pick_device
-from detmine.errors import CheckpointError, DetmineError
+from detmine.errors import DetmineError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="recipe YAML (configs/*.yaml)")
-    parser.add_argument("checkpoint", help="a detmine checkpoint (.pth) or a bare model state dict")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--split", default=None, help="dataset split (default: data.val_split of the config)")
     parser.add_argument("--num-images", type=int, default=16, help="images to draw the mined negatives of")
     parser.add_argument(
@@ -62,22 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-thresh", type=float, default=0.3, help="lowest prediction score considered")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument(
-        "--weights",
-        default="auto",
-        choices=("auto", "ema", "model"),
-        help="EMA weights when there are (auto)",
-    )
-    parser.add_argument(
-        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
-    )
-    parser.add_argument(
         "--out-dir", default=None, help="PNG folder (default: <checkpoint dir>/negatives_<split>)"
     )
     parser.add_argument("--logdir", default=None, help="also write the pictures to TensorBoard here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. vis.top_k=50 data.root=/data/coco"
-    )
+    add_overrides_argument(parser, "vis.top_k=50 data.root=/data/coco")
     args = parser.parse_intermixed_args(argv)
     for name in ("num_images", "gallery_images", "gallery_size"):
         if getattr(args, name) < 0 or (name == "gallery_size" and args.gallery_size < 1):
@@ -98,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     from detmine.config import load_config
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
-    from detmine.engine.checkpoint import load_checkpoint
     from detmine.engine.trainer import targets_to
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
@@ -106,18 +92,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.data.val_split
     device = pick_device(args.device or cfg.train.device)
+    weights = builders.read_detector_weights(
+        args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint
+    )  # fail fast
     builders.prepare_data(cfg)
     dataset = builders.build_dataset_split(cfg, split, train=False)
-    model = builders.build_model_from_config(cfg, dataset.num_classes)
-    state = load_checkpoint(args.checkpoint)
-    try:
-        model.load_state_dict(select_weights(state, args.weights, args.checkpoint)[0])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {args.checkpoint} does not fit model '{cfg.model.name}' with "
-            f"{dataset.num_classes} classes: {str(exc).splitlines()[0]}"
-        ) from None
-    model.to(device).eval()
+    model = builders.load_detector(cfg, dataset.num_classes, weights, device=device)
     criterion = builders.build_criterion_from_config(cfg, model).to(device)
 
     n_gallery = len(dataset) if args.gallery_images == 0 else min(args.gallery_images, len(dataset))
@@ -129,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size or cfg.eval.batch_size,
         train=False,
         num_workers=cfg.data.num_workers,
+        **builders.batch_geometry(model),
     )
     out_dir = (
         Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent / f"negatives_{split}"

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import re
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -272,6 +273,9 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C reaches the whole process group: the main process stops training cleanly (and
+    # writes a checkpoint), which needs its workers alive until then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_dataloader(

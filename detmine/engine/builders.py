@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from detmine.config import Config
 from detmine.engine import distributed as dist
-from detmine.errors import CheckpointError, ConfigError
+from detmine.errors import ConfigError
 
 
 def check_options(fn: Callable, options: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> None:
@@ -203,8 +204,11 @@ def build_val_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) 
 # ----------------------------------------------------------------------------- model / criterion
 
 
-def build_model_from_config(cfg: Config, num_classes: int) -> nn.Module:
-    """``build_model(model.name, num_classes, **model.options)``, then ``model.weights`` if set."""
+def build_model_from_config(
+    cfg: Config, num_classes: int, *, load_weights: bool = True, trust_checkpoint: bool = False
+) -> nn.Module:
+    """``build_model(model.name, num_classes, **model.options)``, then ``model.weights`` if set
+    (and ``load_weights``)."""
     from detmine import modeling
 
     name, options = cfg.model.name, dict(cfg.model.options)
@@ -218,22 +222,78 @@ def build_model_from_config(cfg: Config, num_classes: int) -> nn.Module:
             )
         check_options(table[name], options, "model.options", skip=("num_classes",))
     model = modeling.build_model(name, num_classes, **options)
-    if cfg.model.weights:
-        load_model_weights(model, cfg.model.weights)
+    if cfg.model.weights and load_weights:
+        load_model_weights(model, cfg.model.weights, cfg=cfg, trusted=trust_checkpoint)
     return model
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Initialise the whole detector from a detmine checkpoint or a bare state dict."""
-    from detmine.engine.checkpoint import load_checkpoint
+def _warn_input_size(state: dict[str, Any], cfg: Config | None, path: str | Path) -> None:
+    saved = state.get("config")
+    trained = saved.get("data", {}).get("image_size") if isinstance(saved, dict) else None
+    if cfg is not None and trained is not None and trained != cfg.data.image_size and dist.is_main_process():
+        print(
+            f"warning: {path} was trained at data.image_size={trained}, this run uses "
+            f"{cfg.data.image_size}; detections may be worse at a size the model has not seen"
+        )
 
-    state = load_checkpoint(path)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights {path} do not fit model: {str(exc).splitlines()[0]}") from None
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, *, cfg: Config | None = None, trusted: bool = False
+) -> list[str]:
+    """Initialise the detector from a checkpoint (its EMA weights when it has them), an exported
+    ``.safetensors`` or a bare state dict, loading every tensor that fits (fine-tuning with
+    another number of classes keeps the new classifier). Returns the names of the tensors
+    left at their initialisation, which are also printed."""
+    from detmine.engine.checkpoint import load_checkpoint, load_model_state, select_weights
+
+    state = load_checkpoint(path, trusted=trusted)
+    weights, _ = select_weights(state, "auto", str(path))
+    skipped = load_model_state(model, weights, source=str(path), partial=True)
+    if skipped and dist.is_main_process():
+        shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+        print(
+            f"note: model.weights {path}: {len(skipped)} tensors do not fit and keep their initialisation: {shown}"
+        )
+    _warn_input_size(state, cfg, path)
+    return skipped
+
+
+@dataclass
+class DetectorWeights:
+    """The weights a tool chose from a checkpoint: ``state_dict``, ``which`` (``ema`` |
+    ``model``), the checkpoint's saved ``config`` (or None) and its ``path``."""
+
+    state_dict: dict[str, Any]
+    which: str
+    config: dict[str, Any] | None
+    path: str
+
+
+def read_detector_weights(
+    checkpoint: str | Path, *, weights: str = "auto", trusted: bool = False
+) -> DetectorWeights:
+    """Read a checkpoint / ``.safetensors`` / bare state dict and pick its ``weights`` (``auto``:
+    the EMA when it has one, as the trainer evaluates). Fails fast, before any data work."""
+    from detmine.engine.checkpoint import load_checkpoint, select_weights
+
+    state = load_checkpoint(checkpoint, trusted=trusted)
+    chosen, which = select_weights(state, weights, str(checkpoint))
+    config = state.get("config") if isinstance(state.get("config"), dict) else None
+    return DetectorWeights(chosen, which, config, str(checkpoint))
+
+
+def load_detector(
+    cfg: Config, num_classes: int, weights: DetectorWeights, *, device: Any = "cpu"
+) -> nn.Module:
+    """The detector of ``cfg`` with ``weights`` (see :func:`read_detector_weights`), in eval mode
+    on ``device``, for every tool (evaluate, visualise, export, predict). Weights that do not fit
+    raise one line naming the first mismatching tensors with both shapes."""
+    from detmine.engine.checkpoint import load_model_state
+
+    model = build_model_from_config(cfg, num_classes, load_weights=False)
+    load_model_state(model, weights.state_dict, source=weights.path)
+    _warn_input_size({"config": weights.config}, cfg, weights.path)
+    return model.to(device).eval()
 
 
 def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
@@ -265,15 +325,17 @@ def build_trainer(
     *,
     overwrite: bool = False,
     allow_config_change: bool = False,
+    trust_checkpoint: bool = False,
 ) -> Any:
     """A :class:`~detmine.engine.trainer.Trainer` over the two datasets, with the config's loaders
-    (``overwrite`` / ``allow_config_change``: see the Trainer)."""
+    (``overwrite`` / ``allow_config_change`` / ``trust_checkpoint``: see the Trainer)."""
     from detmine.engine.trainer import Trainer
 
     return Trainer(
         cfg,
         overwrite=overwrite,
         allow_config_change=allow_config_change,
+        trust_checkpoint=trust_checkpoint,
         model=model,
         criterion=criterion,
         train_loader=build_train_loader(cfg, train_set, model),

@@ -41,6 +41,7 @@ from detmine.engine import distributed as dist
 from detmine.engine.checkpoint import (
     CheckpointManager,
     DataStream,
+    load_model_state,
     preserved_rng,
     rng_state,
     save_checkpoint,
@@ -49,6 +50,7 @@ from detmine.engine.checkpoint import (
 )
 from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
 from detmine.engine.resume import ConfigChanges, check_resume_config
+from detmine.engine.safe_io import atomic_write_text, write_error
 from detmine.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 
 __all__ = ["Trainer", "seed_everything", "targets_to", "unwrap"]
@@ -82,6 +84,8 @@ class Trainer:
             deletes them first (without it such a folder is refused).
         allow_config_change: resuming with a config that differs from the checkpoint's in
             keys that affect the weights is allowed (see :mod:`detmine.engine.resume`).
+        trust_checkpoint: resume from a checkpoint that needs full unpickling (one written by
+            detmine 0.1 or by another program); never the default: such a file can run code.
     """
 
     def __init__(
@@ -97,10 +101,12 @@ class Trainer:
         class_names: list[str] | None = None,
         overwrite: bool = False,
         allow_config_change: bool = False,
+        trust_checkpoint: bool = False,
     ) -> None:
         self.cfg = cfg
         self.overwrite = overwrite
         self.allow_config_change = allow_config_change
+        self.trust_checkpoint = trust_checkpoint
         t = cfg.train
         self.output_dir = Path(cfg.output_dir)
         self.is_main = dist.is_main_process()
@@ -177,10 +183,6 @@ class Trainer:
             )
         return torch.device("cuda", dist.get_local_rank())
 
-    def _output_error(self, path: Path, exc: OSError) -> CheckpointError:
-        reason = exc.strerror or type(exc).__name__
-        return CheckpointError(f"cannot write {path} in the run folder: {reason} (check output_dir)")
-
     def _holds_a_run(self) -> bool:
         return self.checkpoints.has_checkpoints() or (self.output_dir / "metrics.jsonl").is_file()
 
@@ -210,7 +212,7 @@ class Trainer:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._output_error(self.output_dir, exc) from None
+            raise write_error(self.output_dir, exc, "run folder") from None
         self._write_config()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -233,12 +235,8 @@ class Trainer:
     def _write_config(self) -> None:
         """``config.yaml``: what runs now, with the accepted changes of earlier resumes as
         header comments (the file stays loadable with ``load_config``)."""
-        path = self.output_dir / "config.yaml"
         header = [line for line in self._config_history if line]
-        try:
-            save_config(self.cfg, path, header=header)
-        except OSError as exc:
-            raise self._output_error(path, exc) from None
+        save_config(self.cfg, self.output_dir / "config.yaml", header=header)
 
     def _previous_history(self) -> list[str]:
         path = self.output_dir / "config.yaml"
@@ -259,7 +257,11 @@ class Trainer:
         difference is refused unless ``allow_config_change``.
         """
         resuming = self.cfg.train.resume
-        state = self.checkpoints.load_latest(map_location="cpu") if resuming else None
+        state = (
+            self.checkpoints.load_latest(map_location="cpu", trusted=self.trust_checkpoint)
+            if resuming
+            else None
+        )
         self._prepare_run_folder(resuming)
         if resuming and state is None and self.is_main:
             tqdm.write(f"note: no checkpoint in {self.output_dir} to resume from; starting from scratch")
@@ -309,7 +311,7 @@ class Trainer:
             except (ValueError, AttributeError):
                 continue  # a line cut short by the kill
         if len(kept) != len(lines):
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept), what="metrics file")
 
     def load_state(self, state: dict[str, Any], fresh_optimizer: bool = False) -> None:
         """Restore a checkpoint written by :meth:`state_dict`.
@@ -324,8 +326,8 @@ class Trainer:
                 f"checkpoint lacks {', '.join(missing)}; it is not a detmine training checkpoint"
             )
         configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        load_model_state(unwrap(self.model), state["model"], source=str(self.checkpoints.latest()))
         try:
-            unwrap(self.model).load_state_dict(state["model"])
             if not fresh_optimizer:
                 self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None and state.get("ema") is not None:
@@ -367,6 +369,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "best_metric": self.best_metric,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "class_names": list(self.class_names) if self.class_names else None,
         }
 
     # ------------------------------------------------------------------ loop
@@ -564,7 +567,7 @@ class Trainer:
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as exc:
-            raise self._output_error(path, exc) from None
+            raise write_error(path, exc, "metrics file") from None
 
     def evaluate(self) -> Any:
         """COCO evaluation of the EMA weights (or the model) on the validation loader."""

@@ -425,7 +425,7 @@ def test_evaluate_tool_reports_user_errors_in_one_line(tmp_path, capsys):
 
 
 def test_evaluate_tool_picks_ema_weights_when_present():
-    tool = _evaluate_tool()
+    from detmine.engine import checkpoint as tool  # the tools pick weights through it
     ema = {"module": {"w": torch.ones(1)}, "updates": 5}
     state = {"model": {"w": torch.zeros(1)}, "ema": ema}
     assert tool.select_weights(state, "auto", "x.pth") == (ema["module"], "ema")
