@@ -10,9 +10,14 @@ Treat both as read-only: copy them (``shutil.copytree``) before corrupting anyth
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SYNTHETIC = dict(num_train=12, num_val=6, size=128, seed=0, voc=True)
 
@@ -33,3 +38,17 @@ def tiny_coco_root(tiny_synthetic_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_voc_root(tiny_synthetic_root: Path) -> Path:
     return tiny_synthetic_root / "VOCdevkit"
+
+
+def _load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` imported as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"detmine_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool("evaluate").main([...])`` runs a tool in-process."""
+    return _load_tool

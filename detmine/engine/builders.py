@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,19 @@ def check_options(fn: Callable, options: dict[str, Any], key: str, skip: tuple[s
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         and name not in skip
     ]
+    check_names(options, valid, key, f" for {getattr(fn, '__name__', fn)}")
+
+
+def check_names(options: Any, valid: Sequence[str], key: str, where: str = "", note: str = "") -> None:
+    """Raise ConfigError for the first name in ``options`` outside ``valid``: one line naming
+    ``key.name``, the closest valid name and all of them."""
     for name in options:
         if name not in valid:
             hint = difflib.get_close_matches(name, valid, n=1)
             did_you_mean = f"did you mean '{key}.{hint[0]}'? " if hint else ""
             raise ConfigError(
-                f"unknown config key '{key}.{name}' for {getattr(fn, '__name__', fn)}; {did_you_mean}"
-                f"valid options: {', '.join(valid) if valid else '(none)'}"
+                f"unknown config key '{key}.{name}'{where}; {did_you_mean}"
+                f"valid options: {', '.join(valid) if valid else '(none)'}{note}"
             )
 
 
@@ -82,14 +88,7 @@ def eval_transform_options(cfg: Config) -> dict[str, Any]:
     if "min_box_size" in train_opts:
         options["min_box_size"] = train_opts["min_box_size"]
     extra = dict(d.eval_transform_options)
-    for name in extra:
-        if name not in EVAL_GEOMETRY_KEYS:
-            hint = difflib.get_close_matches(name, EVAL_GEOMETRY_KEYS, n=1)
-            did_you_mean = f"did you mean 'data.eval_transform_options.{hint[0]}'? " if hint else ""
-            raise ConfigError(
-                f"unknown config key 'data.eval_transform_options.{name}'; {did_you_mean}"
-                f"valid options: {', '.join(EVAL_GEOMETRY_KEYS)} (evaluation never augments)"
-            )
+    check_names(extra, EVAL_GEOMETRY_KEYS, "data.eval_transform_options", note=" (evaluation never augments)")
     options.update(extra)
     return options
 

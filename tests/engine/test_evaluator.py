@@ -395,19 +395,8 @@ def test_real_datasets_coco_and_voc_layout(tmp_path):
             ] == pytest.approx(1.0)
 
 
-def _evaluate_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("detmine_tool_evaluate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_evaluate_tool_reports_user_errors_in_one_line(tmp_path, capsys):
-    tool = _evaluate_tool()
+def test_evaluate_tool_reports_user_errors_in_one_line(tmp_path, capsys, load_tool):
+    tool = load_tool("evaluate")
     config = tmp_path / "cfg.yaml"
     config.write_text(f"output_dir: {tmp_path / 'run'}\ntrain:\n  max_iters: 10\n")
     missing = tmp_path / "nope.pth"
@@ -426,6 +415,7 @@ def test_evaluate_tool_reports_user_errors_in_one_line(tmp_path, capsys):
 
 def test_evaluate_tool_picks_ema_weights_when_present():
     from detmine.engine import checkpoint as tool  # the tools pick weights through it
+
     ema = {"module": {"w": torch.ones(1)}, "updates": 5}
     state = {"model": {"w": torch.zeros(1)}, "ema": ema}
     assert tool.select_weights(state, "auto", "x.pth") == (ema["module"], "ema")
@@ -435,7 +425,7 @@ def test_evaluate_tool_picks_ema_weights_when_present():
     assert tool.select_weights(bare, "auto", "x.pth") == (bare, "model")
 
 
-def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys):
+def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys, load_tool):
     """The CLI over the real builders: a fresh tiny RetinaNet (prior 0.2, so it does detect
     something) on a tiny synthetic COCO set; both backends write the same metrics."""
     from detmine.data import build_dataset
@@ -455,7 +445,7 @@ def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys):
     ckpt = tmp_path / "ckpt" / "model.pth"
     ckpt.parent.mkdir()
     torch.save({"model": model.state_dict(), "ema": None}, ckpt)
-    tool = _evaluate_tool()
+    tool = load_tool("evaluate")
     metrics = {}
     for backend in BACKENDS:
         out = tmp_path / backend / "results.json"

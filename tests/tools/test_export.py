@@ -3,7 +3,6 @@ the checkpoint itself; refused / old checkpoints; one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -13,13 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"detmine_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +49,22 @@ def tiny_run(tmp_path_factory):
     return config, ckpt
 
 
-def _evaluate(config, checkpoint, out, capsys, *extra):
+def _evaluate(load_tool, config, checkpoint, out, capsys, *extra):
     assert (
-        _tool("evaluate").main([str(config), str(checkpoint), "--out", str(out), "--no-progress", *extra])
+        load_tool("evaluate").main([str(config), str(checkpoint), "--out", str(out), "--no-progress", *extra])
         == 0
     )
     capsys.readouterr()
     return json.loads(out.with_name(out.stem + ".metrics.json").read_text())
 
 
-def test_exported_weights_evaluate_like_the_checkpoint(tiny_run, tmp_path, capsys):
+def test_exported_weights_evaluate_like_the_checkpoint(tiny_run, tmp_path, capsys, load_tool):
     from detmine.config import config_from_dict, load_config
     from detmine.engine.checkpoint import load_checkpoint
 
     config, ckpt = tiny_run
     out = tmp_path / "detector.safetensors"
-    assert _tool("export_weights").main([str(ckpt), str(out)]) == 0
+    assert load_tool("export_weights").main([str(ckpt), str(out)]) == 0
     printed = capsys.readouterr().out
     assert (
         f"wrote {out}: ema weights" in printed and "iteration 1" in printed and "config embedded" in printed
@@ -80,30 +72,32 @@ def test_exported_weights_evaluate_like_the_checkpoint(tiny_run, tmp_path, capsy
 
     exported = load_checkpoint(out)
     assert config_from_dict(exported["config"]) == load_config(config)  # rebuilds the model
-    original = _evaluate(config, ckpt, tmp_path / "a" / "res.json", capsys)
-    again = _evaluate(config, out, tmp_path / "b" / "res.json", capsys)
+    original = _evaluate(load_tool, config, ckpt, tmp_path / "a" / "res.json", capsys)
+    again = _evaluate(load_tool, config, out, tmp_path / "b" / "res.json", capsys)
     assert original["weights"] == again["weights"] == "ema"
     assert original["stats"]["AP"] > 0 and original["stats"] == again["stats"]
     assert original["per_class_ap"] == again["per_class_ap"]
 
     raw = tmp_path / "raw.safetensors"
-    assert _tool("export_weights").main([str(ckpt), str(raw), "--weights", "model"]) == 0
+    assert load_tool("export_weights").main([str(ckpt), str(raw), "--weights", "model"]) == 0
     capsys.readouterr()
-    raw_metrics = _evaluate(config, raw, tmp_path / "c" / "res.json", capsys)
+    raw_metrics = _evaluate(load_tool, config, raw, tmp_path / "c" / "res.json", capsys)
     assert (
         raw_metrics["stats"]
-        == _evaluate(config, ckpt, tmp_path / "d" / "res.json", capsys, "--weights", "model")["stats"]
+        == _evaluate(load_tool, config, ckpt, tmp_path / "d" / "res.json", capsys, "--weights", "model")[
+            "stats"
+        ]
     )
 
 
-def test_refused_checkpoint_is_one_line_and_trust_flag_opts_in(tiny_run, tmp_path, capsys):
+def test_refused_checkpoint_is_one_line_and_trust_flag_opts_in(tiny_run, tmp_path, capsys, load_tool):
     _, ckpt = tiny_run
     state = torch.load(ckpt, weights_only=True)
     state["rng"] = [{"python": random.getstate(), "numpy": np.random.get_state()}]  # as the old main wrote
     old = tmp_path / "old.pth"
     torch.save(state, old)
     out = tmp_path / "old.safetensors"
-    tool = _tool("export_weights")
+    tool = load_tool("export_weights")
     assert tool.main([str(old), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: checkpoint {old} is refused: loading it needs the global numpy.")
@@ -112,8 +106,8 @@ def test_refused_checkpoint_is_one_line_and_trust_flag_opts_in(tiny_run, tmp_pat
     assert "wrote" in capsys.readouterr().out and out.is_file()
 
 
-def test_user_errors_are_one_line(tmp_path, capsys):
-    tool = _tool("export_weights")
+def test_user_errors_are_one_line(tmp_path, capsys, load_tool):
+    tool = load_tool("export_weights")
     assert tool.main([str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 2
     assert capsys.readouterr().err.strip() == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist"
     torch.save({"model": {"w": torch.zeros(1)}, "ema": None}, tmp_path / "a.pth")

@@ -1,6 +1,5 @@
 """tools/visualize_negatives.py end to end on a tiny synthetic set and an untrained tiny model."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,15 +15,6 @@ from detmine.engine import builders
 from detmine.engine.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "visualize_negatives", ROOT / "tools" / "visualize_negatives.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +44,13 @@ def setup(tmp_path_factory):
     return tmp, config, ckpt, dataset
 
 
-def test_writes_pictures_gallery_and_tensorboard(setup, capsys):
+def test_writes_pictures_gallery_and_tensorboard(setup, capsys, load_tool):
     tmp, config, ckpt, dataset = setup
     out, logdir = tmp / "out", tmp / "tb"
     # an untrained focal head scores ~0.01 (prior), so a low threshold gives false positives
     argv = [str(config), str(ckpt), "--num-images", "3", "--score-thresh", "0.005", "--gallery-size", "6"]
     argv += ["--out-dir", str(out), "--logdir", str(logdir), "--no-progress"]
-    assert _tool().main(argv) == 0
+    assert load_tool("visualize_negatives").main(argv) == 0
     assert "wrote 3 mined-negative pictures" in capsys.readouterr().out
 
     pngs = sorted((out / "negatives").glob("*.png"))
@@ -84,9 +74,9 @@ def test_writes_pictures_gallery_and_tensorboard(setup, capsys):
     assert [e.step for e in ea.Scalars("mining/pos_per_image")] == [0, 1, 2]  # 5 images, batch 2
 
 
-def test_one_line_errors(setup, capsys):
+def test_one_line_errors(setup, capsys, load_tool):
     tmp, config, ckpt, _ = setup
-    tool = _tool()
+    tool = load_tool("visualize_negatives")
     assert tool.main([str(config), str(tmp / "missing.pth"), "--out-dir", str(tmp / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.pth" in err and err.count("\n") == 1
