@@ -1,5 +1,6 @@
 """Named detector recipes. Each builder has an explicit keyword signature; ``build_model`` maps a
-config's ``model.name`` to one of them (see :data:`detmine.modeling.MODELS`).
+config's ``model.name`` to one of them (see :data:`detmine.modeling.MODELS`). The two ResNet
+RetinaNets are one builder, :func:`retinanet_resnet_fpn`, with the depth fixed by the name.
 
 CPU-friendly (tests, the quickstart): ``retinanet_tiny_fpn``, ``ssdlite_tiny`` (about 1 M
 parameters at 256 px) and, more slowly, ``retinanet_resnet18_fpn`` at 320 px and
@@ -12,7 +13,9 @@ need multiples of 32, the stride of C5 (see :func:`_retinanet`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from detmine.modeling.anchors import DefaultBoxes, GridAnchors, retinanet_anchor_sizes
 from detmine.modeling.backbones import (
@@ -123,6 +126,7 @@ def _tiny_backbone(widths: Sequence[int], weights: WeightsArg) -> TinyBackbone:
 def _retinanet(
     backbone,
     num_classes: int,
+    *,
     image_size: int,
     fpn_channels: int,
     head_convs: int,
@@ -173,19 +177,10 @@ def _retinanet(
     )
 
 
-def _resnet_retinanet(depth: int, num_classes: int, image_size: int, **kw) -> DenseDetector:
-    backbone = ResNetBackbone(
-        depth=depth,
-        weights=kw.pop("weights"),
-        frozen_bn=kw.pop("frozen_bn"),
-        trainable_layers=kw.pop("trainable_layers"),
-    )
-    return _retinanet(backbone, num_classes, image_size, **kw)
-
-
-def retinanet_resnet50_fpn(
+def retinanet_resnet_fpn(
     num_classes: int,
     *,
+    depth: int = 50,
     image_size: int = 640,
     fpn_channels: int = 256,
     head_convs: int = 4,
@@ -197,9 +192,14 @@ def retinanet_resnet50_fpn(
     frozen_bn: bool = False,
     trainable_layers: int = 5,
 ) -> DenseDetector:
-    """RetinaNet R50-FPN (P3-P7, 9 anchors per cell), as torchvision's ``retinanet_resnet50_fpn``.
+    """RetinaNet on a torchvision ResNet: FPN P3-P7, 9 anchors per cell, focal head. With the
+    defaults (depth 50) it is torchvision's ``retinanet_resnet50_fpn``.
+
+    The named recipes ``retinanet_resnet50_fpn`` and ``retinanet_resnet18_fpn`` are this builder
+    with ``depth`` fixed by the name (see :func:`_resnet_recipe`); their options are these.
 
     Args:
+        depth: ResNet depth, 18, 34 or 50.
         image_size: nominal input size. fpn_channels / head_convs / group_norm / prior_prob: see
             :class:`~detmine.modeling.heads.RetinaNetHead`. anchor_sizes: base size per level
             (octave scales 2^0, 2^1/3, 2^2/3 and ratios 0.5, 1, 2 added). p6_from: ``"p5"`` or
@@ -207,26 +207,66 @@ def retinanet_resnet50_fpn(
             :class:`~detmine.modeling.backbones.ResNetBackbone` (torchvision freezes BN and trains 3
             layers with pretrained weights).
     """
-    return _resnet_retinanet(50, **_locals(locals()))
+    backbone = ResNetBackbone(
+        depth=depth, weights=weights, frozen_bn=frozen_bn, trainable_layers=trainable_layers
+    )
+    return _retinanet(
+        backbone,
+        num_classes,
+        image_size=image_size,
+        fpn_channels=fpn_channels,
+        head_convs=head_convs,
+        group_norm=group_norm,
+        anchor_sizes=anchor_sizes,
+        p6_from=p6_from,
+        prior_prob=prior_prob,
+    )
 
 
-def retinanet_resnet18_fpn(
-    num_classes: int,
-    *,
-    image_size: int = 320,
-    fpn_channels: int = 256,
-    head_convs: int = 4,
-    group_norm: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    p6_from: str = "p5",
-    prior_prob: float = 0.01,
-    weights: WeightsArg = None,
-    frozen_bn: bool = False,
-    trainable_layers: int = 5,
-) -> DenseDetector:
-    """RetinaNet on ResNet-18 at 320 px: a small recipe that still trains on a CPU. Options as
-    :func:`retinanet_resnet50_fpn`."""
-    return _resnet_retinanet(18, **_locals(locals()))
+def _resnet_recipe(name: str, depth: int, doc: str, **defaults: Any) -> Callable[..., DenseDetector]:
+    """:func:`retinanet_resnet_fpn` as the named builder ``name``: ``depth`` fixed, ``defaults``
+    changed.
+
+    Its ``__signature__`` is the shared one without ``depth`` (the name fixes it) and with these
+    defaults, so ``inspect.signature`` (what ``build_model`` and the config checks read) lists
+    exactly its options; calls are bound against it, so an unknown option, ``depth`` included, is
+    the TypeError of any keyword-only signature.
+    """
+    shared = inspect.signature(retinanet_resnet_fpn)
+    if bad := sorted(set(defaults) - set(shared.parameters).difference({"num_classes", "depth"})):
+        raise TypeError(f"{name}: {bad} are not options to default")
+    signature = shared.replace(
+        parameters=[
+            p.replace(default=defaults.get(p.name, p.default))
+            for p in shared.parameters.values()
+            if p.name != "depth"
+        ]
+    )
+
+    def build(*args: Any, **options: Any) -> DenseDetector:
+        bound = signature.bind(*args, **options)
+        bound.apply_defaults()
+        return retinanet_resnet_fpn(*bound.args, depth=depth, **bound.kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    build.__signature__ = signature  # type: ignore[attr-defined]
+    return build
+
+
+retinanet_resnet50_fpn = _resnet_recipe(
+    "retinanet_resnet50_fpn",
+    50,
+    """RetinaNet R50-FPN (P3-P7, 9 anchors per cell) at 640 px, as torchvision's
+    ``retinanet_resnet50_fpn``. Options: :func:`retinanet_resnet_fpn`'s, less ``depth``.""",
+)
+retinanet_resnet18_fpn = _resnet_recipe(
+    "retinanet_resnet18_fpn",
+    18,
+    """RetinaNet on ResNet-18 at 320 px: a small recipe that still trains on a CPU. Options:
+    :func:`retinanet_resnet_fpn`'s, less ``depth``.""",
+    image_size=320,
+)
 
 
 def retinanet_tiny_fpn(
@@ -250,15 +290,11 @@ def retinanet_tiny_fpn(
     return _retinanet(
         backbone,
         num_classes,
-        image_size,
-        fpn_channels,
-        head_convs,
-        group_norm,
-        anchor_sizes,
-        p6_from,
-        prior_prob,
+        image_size=image_size,
+        fpn_channels=fpn_channels,
+        head_convs=head_convs,
+        group_norm=group_norm,
+        anchor_sizes=anchor_sizes,
+        p6_from=p6_from,
+        prior_prob=prior_prob,
     )
-
-
-def _locals(values: dict) -> dict:
-    return {k: v for k, v in values.items() if k != "self"}
