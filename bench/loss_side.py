@@ -50,7 +50,7 @@ from torchvision.ops import box_iou
 
 from detmine.box_coder import BoxCoder
 from detmine.criterion import build_criterion
-from detmine.losses import box_regression_loss
+from detmine.losses import L1Loss
 from detmine.structures import HeadOutputs
 
 SSD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -140,9 +140,10 @@ def leaves(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ours_step(case: str, inputs: dict, criterion) -> tuple[dict, object, torch.Tensor, torch.Tensor]:
     logits, deltas = leaves(inputs)
-    losses, record = criterion(
-        HeadOutputs(logits, deltas, inputs["anchors"]), inputs["anchors"], inputs["targets"]
-    )
+    anchors = inputs["anchors"]
+    activation = criterion.cls_loss.activation  # the head these logits stand for
+    outputs = HeadOutputs(logits, deltas, anchors, cls_activation=activation, level_counts=(len(anchors),))
+    losses, record = criterion(outputs, inputs["targets"])
     (losses["cls"] + losses["box"]).backward()
     return losses, record, logits, deltas
 
@@ -186,16 +187,16 @@ def build_ours(case: str):
         return build_criterion(
             "softmax",
             BoxCoder(SSD_WEIGHTS),
-            {"preset": "ssd"},
-            {"box": "smooth_l1"},
-            {"type": "ssd", "min_negatives": 0},
+            matching={"preset": "ssd"},
+            loss={"box": "smooth_l1"},
+            mining={"type": "ssd", "ssd": {"min_negatives": 0}},
         )
     return build_criterion(
         "sigmoid",
         BoxCoder((1, 1, 1, 1)),
-        {"preset": "retinanet"},
-        {"cls": "focal", "box": "l1"},
-        {"type": "all"},
+        matching={"preset": "retinanet"},
+        loss={"cls": "focal", "box": "l1"},
+        mining={"type": "all"},
     )
 
 
@@ -227,13 +228,11 @@ def compare(case: str, inputs: dict, ours: tuple, ref: dict) -> tuple[float, flo
     if case == "retinanet":  # re-weight our per-image sums to torchvision's per-image normalisation
         per_image_pos = record.positives.sum(1).clamp(min=1).to(cls.dtype)
         cls = (torch.where(record.selected, record.cls_loss, 0.0).sum(1) / per_image_pos).mean()
-        coder, per_image = BoxCoder((1, 1, 1, 1)), []
+        coder, l1, per_image = BoxCoder((1, 1, 1, 1)), L1Loss(), []
         for b, t in enumerate(inputs["targets"]):
             pos = record.positives[b]
             gt = t["boxes"][record.matched_gt[b][pos]]
-            per_image.append(
-                box_regression_loss("l1", deltas[b][pos].detach(), gt, inputs["anchors"][pos], coder)
-            )
+            per_image.append(l1(deltas[b][pos].detach(), gt, inputs["anchors"][pos], coder))
         box = (torch.stack(per_image) / per_image_pos).mean()
     pairs = [(cls, ref["classification"].detach()), (box, ref["bbox_regression"].detach())]
     abs_diff = max(float((a - b).abs()) for a, b in pairs)

@@ -118,7 +118,7 @@ def ours_step_fn(model, criterion, optimizer, images, targets, device) -> Callab
         outputs = model(images)
         sync(device)
         t1 = time.perf_counter()
-        losses, _record = criterion(outputs, outputs.anchors, targets)
+        losses, _record = criterion(outputs, targets)
         loss = losses["cls"] + losses["box"]
         sync(device)
         t2 = time.perf_counter()

@@ -86,15 +86,13 @@ def main() -> None:
     writer = SummaryWriter(logdir)
     vis = {
         "off": MiningVisualizer(writer, period=0),
-        "on": MiningVisualizer(
-            writer, period=args.period, class_names=names, cls_activation=model.cls_activation
-        ),
+        "on": MiningVisualizer(writer, period=args.period, class_names=names),
     }
     state = {"it": 1}  # start at 1 so that a round of `period` steps logs exactly once per period
 
     def step(v: MiningVisualizer):
         outputs = model(images)
-        losses, record = criterion(outputs, outputs.anchors, targets)
+        losses, record = criterion(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()

@@ -32,12 +32,14 @@ would then tie that GT with *every* anchor (low-quality) or force anchor 0
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from detmine.errors import DataError
-from detmine.structures import Target
+from detmine.components import check_component, check_names, component_options
+from detmine.errors import ConfigError, DataError
+from detmine.structures import Target, head_defaults
 
 
 @dataclass
@@ -363,3 +365,35 @@ class Matcher:
         area_a = _area(anchors).clamp(min=1e-6)
         iof = inter.amax(dim=2).t() / area_a  # [B, A]; padding rows (zero boxes) have inter 0
         labels.masked_fill_((iof >= self.ignore_iof_thresh) & (labels <= 0), -1)
+
+
+#: name -> preset constructor (``matching.preset``); each accepts :class:`Matcher`'s keyword
+#: options as overrides.
+MATCHER_PRESETS = {"ssd": Matcher.ssd, "retinanet": Matcher.retinanet}
+
+
+def build_matcher(preset: str | None = None, *, cls_activation: str = "softmax", **overrides: Any) -> Matcher:
+    """The :data:`MATCHER_PRESETS` entry ``preset`` with :class:`Matcher` keyword ``overrides``.
+
+    Args:
+        preset: ``"ssd"`` (0.5 / 0.5 + each GT's forced best anchor) or ``"retinanet"``
+            (0.5 / 0.4 + low-quality matches); ``None``: the head's default
+            (:data:`~detmine.structures.HEAD_DEFAULTS`: ``ssd`` for softmax heads,
+            ``retinanet`` for sigmoid ones).
+        cls_activation: the head's activation, for the default preset.
+        overrides: ``fg_iou_thresh``, ``bg_iou_thresh``, ``allow_low_quality``,
+            ``force_best_match``, ``ignore_iof_thresh``; ``None`` values are dropped (the
+            preset's).
+
+    Raises:
+        ConfigError: unknown preset or option ("did you mean"), or inconsistent thresholds.
+    """
+    if preset is None:
+        preset = head_defaults(cls_activation)["matching"]
+    check_component(MATCHER_PRESETS, preset, {}, "matching", field="preset")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    check_names(overrides, ["preset", *component_options(Matcher)], "matching")
+    try:
+        return MATCHER_PRESETS[preset](**overrides)
+    except ValueError as exc:
+        raise ConfigError(f"matching: {exc}") from None

@@ -15,8 +15,8 @@ from torchvision.ops import box_iou
 from detmine.box_coder import BoxCoder
 from detmine.criterion import Criterion, build_criterion
 from detmine.errors import ConfigError, DataError, NonFiniteError
+from detmine.losses import SmoothL1Loss, SoftmaxCrossEntropy
 from detmine.matching import Matcher
-from detmine.mining import build_miner
 from detmine.structures import HeadOutputs
 
 SSD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -46,10 +46,27 @@ def make_targets(gen, counts, num_classes, ignore=None):
     return targets
 
 
-def make_outputs(gen, num_images, anchors, columns, requires_grad=True):
+def head_outputs(logits, deltas, anchors, activation="softmax"):
+    return HeadOutputs(logits, deltas, anchors, cls_activation=activation, level_counts=(len(anchors),))
+
+
+def make_outputs(gen, num_images, anchors, columns, requires_grad=True, activation="softmax"):
     logits = torch.randn(num_images, len(anchors), columns, generator=gen) * 2
     deltas = torch.randn(num_images, len(anchors), 4, generator=gen) * 0.5
-    return HeadOutputs(logits.requires_grad_(requires_grad), deltas.requires_grad_(requires_grad), anchors)
+    logits, deltas = logits.requires_grad_(requires_grad), deltas.requires_grad_(requires_grad)
+    return head_outputs(logits, deltas, anchors, activation)
+
+
+def softmax_criterion(miner, **settings):
+    """A Criterion with the SSD matcher, softmax CE and smooth-L1 (the parts built by hand)."""
+    return Criterion(
+        matcher=Matcher.ssd(),
+        box_coder=BoxCoder(SSD_WEIGHTS),
+        miner=miner,
+        cls_loss=SoftmaxCrossEntropy(),
+        box_loss=SmoothL1Loss(),
+        **settings,
+    )
 
 
 def tv_matched_idxs(matcher, anchors, targets):
@@ -65,7 +82,11 @@ def tv_matched_idxs(matcher, anchors, targets):
 
 def ssd_criterion(**mining):
     return build_criterion(
-        "softmax", BoxCoder(SSD_WEIGHTS), {"preset": "ssd"}, {}, {"type": "ssd", "min_negatives": 0, **mining}
+        "softmax",
+        BoxCoder(SSD_WEIGHTS),
+        matching={"preset": "ssd"},
+        loss={},
+        mining={"type": "ssd", "ssd": {"min_negatives": 0, **mining}},
     )
 
 
@@ -76,7 +97,7 @@ def test_ssd_path_equals_torchvision_ssd_compute_loss(seed):
     anchors = random_boxes(400, gen)
     targets = make_targets(gen, [3, 0, 6, 1], num_classes)  # image 1 has no objects
     outputs = make_outputs(gen, 4, anchors, num_classes + 1)
-    losses, record = ssd_criterion()(outputs, anchors, targets)
+    losses, record = ssd_criterion()(outputs, targets)
 
     tv_targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
     matched = tv_matched_idxs(SSDMatcher(0.5), anchors, targets)
@@ -108,9 +129,9 @@ def focal_setup(seed, counts, same_targets=False):
     targets = make_targets(gen, counts, num_classes)
     if same_targets:  # every image has the same boxes -> the same number of positives
         targets = [{**targets[0], "image_id": i} for i in range(len(counts))]
-    outputs = make_outputs(gen, len(counts), anchors, num_classes)
+    outputs = make_outputs(gen, len(counts), anchors, num_classes, activation="sigmoid")
     criterion = build_criterion(
-        "sigmoid", BoxCoder(RETINA_WEIGHTS), {"preset": "retinanet"}, {}, {"type": "all"}
+        "sigmoid", BoxCoder(RETINA_WEIGHTS), matching={"preset": "retinanet"}, loss={}, mining={"type": "all"}
     )
     tv_targets = [
         {"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets
@@ -126,7 +147,7 @@ def test_focal_path_equals_torchvision_retinanet_when_positives_are_equal(seed):
     anchors, targets, outputs, criterion, tv_targets, matched, head, reg_head = focal_setup(
         seed, [4, 4, 4], same_targets=True
     )
-    losses, _ = criterion(outputs, anchors, targets)
+    losses, _ = criterion(outputs, targets)
     head_outputs = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_deltas}
     ref_cls = head.compute_loss(tv_targets, head_outputs, matched)
     ref_box = reg_head.compute_loss(tv_targets, head_outputs, [anchors] * 3, matched)
@@ -139,7 +160,7 @@ def test_focal_path_equals_torchvision_retinanet_when_positives_are_equal(seed):
 
 def test_focal_path_normalisation_differs_from_torchvision_by_per_image_weights():
     anchors, targets, outputs, criterion, tv_targets, matched, head, _ = focal_setup(3, [1, 6, 0, 3])
-    losses, record = criterion(outputs, anchors, targets)
+    losses, record = criterion(outputs, targets)
     ref = head.compute_loss(tv_targets, {"cls_logits": outputs.cls_logits}, matched)
     per_image = torch.where(record.selected, record.cls_loss, 0.0).sum(1)  # L_b
     num_pos = record.counts()["positives"].float()
@@ -155,9 +176,11 @@ def test_ignore_band_and_regions_do_not_count():
     anchors = random_boxes(300, gen)
     ignore = [torch.tensor([[0.0, 0, 64, 64]]), torch.zeros(0, 4)]
     targets = make_targets(gen, [2, 2], 3, ignore=ignore)
-    outputs = make_outputs(gen, 2, anchors, 3)
-    criterion = build_criterion("sigmoid", BoxCoder(), {"preset": "retinanet"}, {}, {"type": "all"})
-    losses, record = criterion(outputs, anchors, targets)
+    outputs = make_outputs(gen, 2, anchors, 3, activation="sigmoid")
+    criterion = build_criterion(
+        "sigmoid", BoxCoder(), matching={"preset": "retinanet"}, loss={}, mining={"type": "all"}
+    )
+    losses, record = criterion(outputs, targets)
     assert record.ignored.any()
     assert not (record.selected & record.ignored).any()
     assert (record.cls_loss[record.ignored] == 0).all()
@@ -170,10 +193,10 @@ def test_background_only_images_contribute_with_min_negatives():
     anchors = random_boxes(200, gen)
     targets = make_targets(gen, [0, 0], 3)
     outputs = make_outputs(gen, 2, anchors, 4)
-    losses, record = ssd_criterion()(outputs, anchors, targets)
+    losses, record = ssd_criterion()(outputs, targets)
     assert losses["cls"].item() == 0.0 and losses["box"].item() == 0.0
     (losses["cls"] + losses["box"]).backward()  # still differentiable
-    losses, record = ssd_criterion(min_negatives=7)(outputs, anchors, targets)
+    losses, record = ssd_criterion(min_negatives=7)(outputs, targets)
     assert record.selected.sum(1).tolist() == [7, 7]
     top = record.cls_loss.topk(7, dim=1).values.sum()
     torch.testing.assert_close(losses["cls"].detach(), top)  # normaliser max(1, 0) = 1
@@ -191,9 +214,9 @@ def test_all_ignore_image_and_single_anchor():
     targets[1]["labels"] = torch.tensor([2])
     gen = torch.Generator().manual_seed(1)
     for activation, columns in (("softmax", 3), ("sigmoid", 2)):
-        outputs = make_outputs(gen, 2, anchors, columns)
-        criterion = build_criterion(activation, BoxCoder(), {}, {}, {"type": "all"})
-        losses, record = criterion(outputs, anchors, targets)
+        outputs = make_outputs(gen, 2, anchors, columns, activation=activation)
+        criterion = build_criterion(activation, BoxCoder(), matching={}, loss={}, mining={"type": "all"})
+        losses, record = criterion(outputs, targets)
         assert record.labels.tolist() == [[-1], [2]]
         assert record.selected.tolist() == [[False], [True]]
         assert torch.isfinite(losses["cls"]) and torch.isfinite(losses["box"]) and losses["box"] > 0
@@ -209,7 +232,7 @@ def test_non_finite_outputs_raise(tensor):
     getattr(outputs, tensor)[3, 17, 0] = float("nan") if tensor == "cls_logits" else float("inf")
     kind = "NaN" if tensor == "cls_logits" else "Inf"
     with pytest.raises(NonFiniteError, match=f"{tensor} contains {kind} at image 3, anchor 17"):
-        ssd_criterion()(outputs, anchors, targets)
+        ssd_criterion()(outputs, targets)
 
 
 def test_bad_targets_raise_data_error():
@@ -219,11 +242,11 @@ def test_bad_targets_raise_data_error():
     outputs = make_outputs(gen, 1, anchors, 4)
     targets[0]["labels"] = torch.tensor([1, 4])
     with pytest.raises(DataError, match=r"label 4 is outside 1\.\.3"):
-        ssd_criterion()(outputs, anchors, targets)
+        ssd_criterion()(outputs, targets)
     targets[0]["labels"] = torch.tensor([1, 2])
     targets[0]["boxes"][1] = torch.tensor([50.0, 50, 10, 10])
     with pytest.raises(DataError, match="target 0: box 1"):
-        ssd_criterion()(outputs, anchors, targets)
+        ssd_criterion()(outputs, targets)
 
 
 def test_boxes_outside_image_are_harmless():
@@ -232,7 +255,7 @@ def test_boxes_outside_image_are_harmless():
     targets = make_targets(gen, [2], 3)
     targets[0]["boxes"][1] = torch.tensor([1000.0, 1000, 1010, 1010])
     outputs = make_outputs(gen, 1, anchors, 4)
-    losses, record = ssd_criterion()(outputs, anchors, targets)
+    losses, record = ssd_criterion()(outputs, targets)
     assert torch.isfinite(losses["cls"]) and torch.isfinite(losses["box"])
     assert not (record.matched_gt[record.positives] == 1).any()
 
@@ -258,7 +281,7 @@ def test_miner_gets_the_boxes_it_asks_for(box_source):
     outputs = make_outputs(gen, 2, anchors, 4)
     coder = BoxCoder(SSD_WEIGHTS)
     spy = SpyMiner(box_source)
-    Criterion(matcher=Matcher.ssd(), box_coder=coder, miner=spy)(outputs, anchors, targets)
+    softmax_criterion(spy)(outputs, targets)
     if box_source == "predictions":
         assert not spy.boxes.requires_grad
         torch.testing.assert_close(spy.boxes, coder.decode(outputs.box_deltas.detach(), anchors))
@@ -272,7 +295,7 @@ def test_miner_gets_the_boxes_it_asks_for(box_source):
 
 def test_unknown_box_source_is_a_config_error():
     with pytest.raises(ConfigError, match="box_source"):
-        Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=SpyMiner("rois"))
+        softmax_criterion(SpyMiner("rois"))
 
 
 class FixedCountMiner:
@@ -303,7 +326,7 @@ def _one_image_with(num_objects, gen):
         }
     ]
     logits = torch.zeros(1, len(anchors), 4, requires_grad=True)
-    outputs = HeadOutputs(logits, torch.zeros(1, len(anchors), 4), anchors)
+    outputs = head_outputs(logits, torch.zeros(1, len(anchors), 4), anchors)
     return outputs, anchors, targets
 
 
@@ -314,10 +337,14 @@ def test_ohem_and_random_loss_scale_does_not_depend_on_the_object_count(miner_ty
     for num_objects in (1, 25):
         outputs, anchors, targets = _one_image_with(num_objects, gen)
         criterion = build_criterion(
-            "softmax", BoxCoder(SSD_WEIGHTS), {}, {}, {"type": miner_type, "batch_size_per_image": 64}
+            "softmax",
+            BoxCoder(SSD_WEIGHTS),
+            matching={},
+            loss={},
+            mining={"type": miner_type, miner_type: {"batch_size_per_image": 64}},
         )
         assert criterion.normalize_by == "selected"
-        losses, record = criterion(outputs, anchors, targets)
+        losses, record = criterion(outputs, targets)
         assert int(record.selected.sum()) == 64
         values.append(float(losses["cls"].detach()))
     # every anchor's CE is log(4): the mean over the selected examples, whatever the count
@@ -328,9 +355,7 @@ def test_background_only_batch_is_averaged_over_the_selected_examples():
     gen = torch.Generator().manual_seed(22)
     outputs, anchors, targets = _one_image_with(0, gen)
     miner = FixedCountMiner(50, "selected")
-    losses, _ = Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=miner)(
-        outputs, anchors, targets
-    )
+    losses, _ = softmax_criterion(miner)(outputs, targets)
     assert float(losses["cls"].detach()) == pytest.approx(math.log(4.0), rel=1e-5)  # not 50 x log 4
     assert float(losses["box"]) == 0.0
 
@@ -342,8 +367,8 @@ def test_normalize_by_divides_the_selected_loss_by_that_count(normalize_by):
     targets = make_targets(gen, [3, 2], 3)
     outputs = make_outputs(gen, 2, anchors, 4)
     miner = FixedCountMiner(40, normalize_by)
-    criterion = Criterion(matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=miner)
-    losses, record = criterion(outputs, anchors, targets)
+    criterion = softmax_criterion(miner)
+    losses, record = criterion(outputs, targets)
     labels = record.labels
     per_anchor = torch.nn.functional.cross_entropy(
         outputs.cls_logits.reshape(-1, 4), labels.clamp(min=0).reshape(-1), reduction="none"
@@ -352,10 +377,8 @@ def test_normalize_by_divides_the_selected_loss_by_that_count(normalize_by):
     count = num_pos if normalize_by == "positives" else int(record.selected.sum())
     torch.testing.assert_close(losses["cls"], per_anchor[record.selected].sum() / count)
     # the box loss is divided by the positives either way
-    other = Criterion(
-        matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=FixedCountMiner(40, "positives")
-    )
-    torch.testing.assert_close(losses["box"], other(outputs, anchors, targets)[0]["box"])
+    other = softmax_criterion(FixedCountMiner(40, "positives"))
+    torch.testing.assert_close(losses["box"], other(outputs, targets)[0]["box"])
 
 
 def test_ema_applies_to_the_selected_count():
@@ -363,17 +386,10 @@ def test_ema_applies_to_the_selected_count():
     anchors = random_boxes(200, gen)
     targets = make_targets(gen, [3, 2], 3)
     outputs = make_outputs(gen, 2, anchors, 4)
-    batch = Criterion(
-        matcher=Matcher.ssd(), box_coder=BoxCoder(SSD_WEIGHTS), miner=FixedCountMiner(40, "selected")
-    )
-    ema = Criterion(
-        matcher=Matcher.ssd(),
-        box_coder=BoxCoder(SSD_WEIGHTS),
-        miner=FixedCountMiner(40, "selected"),
-        normalizer="ema",
-    )
-    ref, _ = batch(outputs, anchors, targets)
-    losses, _ = ema(outputs, anchors, targets)
+    batch = softmax_criterion(FixedCountMiner(40, "selected"))
+    ema = softmax_criterion(FixedCountMiner(40, "selected"), normalizer="ema")
+    ref, _ = batch(outputs, targets)
+    losses, _ = ema(outputs, targets)
     expected = 0.9 * 100.0 + 0.1 * 80.0
     assert ema.count_ema.item() == pytest.approx(expected)
     torch.testing.assert_close(losses["cls"], ref["cls"] * 80.0 / expected)
@@ -388,46 +404,48 @@ def test_ohem_miner_runs_through_the_criterion():
     criterion = build_criterion(
         "softmax",
         BoxCoder(SSD_WEIGHTS),
-        {},
-        {},
-        {"type": "ohem", "batch_size_per_image": 16, "pre_nms_topk": 64},
+        matching={},
+        loss={},
+        mining={"type": "ohem", "ohem": {"batch_size_per_image": 16, "pre_nms_topk": 64}},
     )
-    losses, record = criterion(outputs, anchors, targets)
+    losses, record = criterion(outputs, targets)
     assert record.selected.sum(1).tolist() == [16, 16]
     (losses["cls"] + losses["box"]).backward()
 
 
 def test_ema_normaliser():
     anchors, targets, outputs, _, _, _, _, _ = focal_setup(11, [2, 3])
-    criterion = build_criterion("sigmoid", BoxCoder(), {}, {"normalizer": "ema"}, {"type": "all"})
-    batch = build_criterion("sigmoid", BoxCoder(), {}, {}, {"type": "all"})
-    ref, record = batch(outputs, anchors, targets)
+    criterion = build_criterion(
+        "sigmoid", BoxCoder(), matching={}, loss={"normalizer": "ema"}, mining={"type": "all"}
+    )
+    batch = build_criterion("sigmoid", BoxCoder(), matching={}, loss={}, mining={"type": "all"})
+    ref, record = batch(outputs, targets)
     num_pos = float(record.positives.sum())
-    losses, _ = criterion(outputs, anchors, targets)
+    losses, _ = criterion(outputs, targets)
     ema = 0.9 * 100.0 + 0.1 * num_pos
     assert criterion.count_ema.item() == pytest.approx(ema)
     torch.testing.assert_close(losses["cls"], ref["cls"] * num_pos / ema)
     assert "count_ema" in criterion.state_dict()
     criterion.eval()  # evaluation: batch count, EMA untouched
-    losses, _ = criterion(outputs, anchors, targets)
+    losses, _ = criterion(outputs, targets)
     torch.testing.assert_close(losses["cls"], ref["cls"])
     assert criterion.count_ema.item() == pytest.approx(ema)
 
 
 def test_giou_box_weight_and_class_weights_options():
     anchors, targets, outputs, _, _, _, _, _ = focal_setup(12, [2, 3])
-    plain = build_criterion("sigmoid", BoxCoder(), {}, {"box": "giou"}, {"type": "all"})
+    plain = build_criterion("sigmoid", BoxCoder(), matching={}, loss={"box": "giou"}, mining={"type": "all"})
     class_weights = [0.5, 1.0, 2.0, 4.0]
     alpha = [0.1, 0.25, 0.5, 0.75]
     weighted = build_criterion(
         "sigmoid",
         BoxCoder(),
-        {},
-        {"box": "giou", "box_weight": 2.0, "class_weights": class_weights, "alpha": alpha},
-        {"type": "all"},
+        matching={},
+        loss={"box": "giou", "box_weight": 2.0, "focal": {"class_weights": class_weights, "alpha": alpha}},
+        mining={"type": "all"},
     )
-    a, _ = plain(outputs, anchors, targets)
-    b, record = weighted(outputs, anchors, targets)
+    a, _ = plain(outputs, targets)
+    b, record = weighted(outputs, targets)
     torch.testing.assert_close(b["box"], 2.0 * a["box"])
     # Reference from the focal paper's definition, per class column:
     # FL = -alpha_t (1 - p_t)^gamma log(p_t), times the column's class weight.
@@ -451,9 +469,13 @@ def test_softmax_class_weights_scale_each_anchor_by_its_target_class():
     outputs = make_outputs(gen, 2, anchors, 4)
     weights = [0.2, 1.0, 3.0, 5.0]  # background first
     criterion = build_criterion(
-        "softmax", BoxCoder(SSD_WEIGHTS), {}, {"class_weights": weights}, {"type": "all"}
+        "softmax",
+        BoxCoder(SSD_WEIGHTS),
+        matching={},
+        loss={"softmax_ce": {"class_weights": weights}},
+        mining={"type": "all"},
     )
-    losses, record = criterion(outputs, anchors, targets)
+    losses, record = criterion(outputs, targets)
     labels = record.labels
     ce = torch.nn.functional.cross_entropy(
         outputs.cls_logits.reshape(-1, 4), labels.clamp(min=0).reshape(-1), reduction="none"
@@ -463,46 +485,17 @@ def test_softmax_class_weights_scale_each_anchor_by_its_target_class():
     torch.testing.assert_close(losses["cls"], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_build_criterion_config_errors():
-    coder = BoxCoder()
-    with pytest.raises(ConfigError, match=r"matching\.fg_iou.*valid keys: preset, fg_iou_thresh"):
-        build_criterion("softmax", coder, {"fg_iou": 0.5}, {}, {})
-    with pytest.raises(ConfigError, match=r"loss\.focal_alpha.*valid keys: cls, alpha"):
-        build_criterion("sigmoid", coder, {}, {"focal_alpha": 0.3}, {})
-    with pytest.raises(ConfigError, match="neg_pos"):
-        build_criterion("softmax", coder, {}, {}, {"type": "ssd", "neg_pos": 3})
-    with pytest.raises(ConfigError, match="does not fit a softmax head"):
-        build_criterion("softmax", coder, {}, {"cls": "focal"}, {})
-    with pytest.raises(ConfigError, match="unknown matching.preset"):
-        build_criterion("softmax", coder, {"preset": "yolo"}, {}, {})
-    with pytest.raises(ConfigError, match="bg_iou_thresh"):
-        build_criterion("softmax", coder, {"fg_iou_thresh": 0.3, "bg_iou_thresh": 0.6}, {}, {})
-    with pytest.raises(ConfigError, match="normalizer"):
-        build_criterion("softmax", coder, {}, {"normalizer": "image"}, {})
-    criterion = build_criterion("softmax", coder, {}, {"class_weights": [1.0, 2.0]}, {})
-    gen = torch.Generator().manual_seed(0)
-    anchors = random_boxes(20, gen)
-    with pytest.raises(ConfigError, match="class_weights has 2 values"):
-        criterion(make_outputs(gen, 1, anchors, 4), anchors, make_targets(gen, [1], 3))
-    # defaults follow the head: softmax -> ssd matcher / ssd miner; sigmoid -> retinanet / all / focal / l1
-    soft = build_criterion("softmax", coder, None, None, None)
-    sig = build_criterion("sigmoid", coder, {"fg_iou_thresh": None}, {}, {})
-    assert soft.matcher.force_best_match and type(soft.miner).__name__ == "SSDMiner"
-    assert sig.matcher.allow_low_quality and sig.cls_loss_name == "focal" and sig.box_loss_name == "l1"
-    assert type(sig.miner).__name__ == "AllAnchorsMiner"
-    assert type(build_miner("all")).__name__ == "AllAnchorsMiner"
-
-
 def test_low_precision_head_outputs_give_float32_losses():
     anchors, targets, outputs, criterion, _, _, _, _ = focal_setup(13, [2, 3])
-    ref, _ = criterion(outputs, anchors, targets)
-    half = HeadOutputs(
+    ref, _ = criterion(outputs, targets)
+    half = head_outputs(
         outputs.cls_logits.detach().bfloat16().requires_grad_(True),
         outputs.box_deltas.detach().bfloat16().requires_grad_(True),
         anchors,
+        "sigmoid",
     )
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        losses, record = criterion(half, anchors, targets)
+        losses, record = criterion(half, targets)
     assert losses["cls"].dtype == torch.float32 and record.cls_loss.dtype == torch.float32
     torch.testing.assert_close(losses["cls"], ref["cls"], rtol=2e-2, atol=1e-3)
     torch.testing.assert_close(losses["box"], ref["box"], rtol=2e-2, atol=1e-3)

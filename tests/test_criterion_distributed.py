@@ -3,6 +3,7 @@ per-process losses (what gradient averaging computes) equals one process on the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -38,21 +39,24 @@ def _batch() -> tuple[HeadOutputs, list[dict]]:
         )
     logits = torch.randn(4, 64, NUM_CLASSES, generator=gen)
     deltas = torch.randn(4, 64, 4, generator=gen) * 0.1
-    return HeadOutputs(cls_logits=logits, box_deltas=deltas, anchors=anchors), targets
+    outputs = HeadOutputs(
+        cls_logits=logits, box_deltas=deltas, anchors=anchors, cls_activation="sigmoid", level_counts=(64,)
+    )
+    return outputs, targets
 
 
 def _criterion():
     return build_criterion(
         "sigmoid",
         BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)),
-        {"preset": "retinanet"},
-        {"cls": "focal"},
-        {"type": "all"},
+        matching={"preset": "retinanet"},
+        loss={"cls": "focal"},
+        mining={"type": "all"},
     )
 
 
 def _loss(outputs: HeadOutputs, targets: list[dict]) -> torch.Tensor:
-    losses, _ = _criterion().train()(outputs, outputs.anchors, targets)
+    losses, _ = _criterion().train()(outputs, targets)
     return losses["cls"] + losses["box"]
 
 
@@ -61,7 +65,9 @@ def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     try:
         outputs, targets = _batch()
         half = slice(2 * rank, 2 * rank + 2)
-        local = HeadOutputs(outputs.cls_logits[half], outputs.box_deltas[half], outputs.anchors)
+        local = dataclasses.replace(
+            outputs, cls_logits=outputs.cls_logits[half], box_deltas=outputs.box_deltas[half]
+        )
         loss = _loss(local, targets[half]).detach()
         dist.all_reduce(loss)
         if rank == 0:

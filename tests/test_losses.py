@@ -8,9 +8,16 @@ from torchvision.models.detection._utils import _box_loss
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 from detmine.box_coder import BoxCoder
+from detmine.components import check_component
+from detmine.errors import ConfigError
 from detmine.losses import (
+    BOX_LOSSES,
+    CLS_LOSSES,
+    BalancedCrossEntropy,
+    FocalLoss,
+    SmoothL1Loss,
+    SoftmaxCrossEntropy,
     balanced_cross_entropy_per_anchor,
-    box_regression_loss,
     focal_loss_per_anchor,
     sigmoid_focal_loss,
     softmax_cross_entropy,
@@ -198,7 +205,7 @@ def test_box_losses_equal_torchvision(kind, weights):
     gt[:, 2:] = torch.maximum(gt[:, 2:], gt[:, :2] + 1)
     deltas = torch.randn(40, 4, generator=gen) * 0.3
     ours, g_ours = values_and_grad(
-        lambda d: box_regression_loss(kind, d, gt, anchors, BoxCoder(weights)), deltas, torch.tensor(1.0)
+        lambda d: BOX_LOSSES[kind]()(d, gt, anchors, BoxCoder(weights)), deltas, torch.tensor(1.0)
     )
     ref, g_ref = values_and_grad(
         lambda d: _box_loss(kind, TVBoxCoder(weights), anchors, gt, d), deltas, torch.tensor(1.0)
@@ -214,14 +221,16 @@ def test_box_loss_beta_and_empty():
     d = torch.zeros(1, 4)
     target = coder.encode(gt, anchors)
     expected = F.smooth_l1_loss(d, target, beta=0.05, reduction="sum")
-    torch.testing.assert_close(box_regression_loss("smooth_l1", d, gt, anchors, coder, beta=0.05), expected)
+    torch.testing.assert_close(SmoothL1Loss(beta=0.05)(d, gt, anchors, coder), expected)
     for kind in ("smooth_l1", "l1", "giou"):
         empty = torch.zeros(0, 4, requires_grad=True)
-        loss = box_regression_loss(kind, empty, torch.zeros(0, 4), torch.zeros(0, 4), coder)
+        loss = BOX_LOSSES[kind]()(empty, torch.zeros(0, 4), torch.zeros(0, 4), coder)
         assert loss.item() == 0.0
         loss.backward()
-    with pytest.raises(ValueError, match="valid: smooth_l1, l1, giou"):
-        box_regression_loss("iou", d, gt, anchors, coder)
+    with pytest.raises(ConfigError, match="valid: 'smooth_l1', 'l1', 'giou'"):
+        check_component(BOX_LOSSES, "iou", {}, "loss", field="box")
+    with pytest.raises(ConfigError, match=r"loss\.smooth_l1\.beta must be >= 0"):
+        SmoothL1Loss(beta=-1.0)
 
 
 def test_focal_under_no_grad_matches_and_skips_the_gradient():
@@ -232,3 +241,40 @@ def test_focal_under_no_grad_matches_and_skips_the_gradient():
         loss = focal_loss_per_anchor(logits, labels)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, focal_loss_per_anchor(logits, labels).detach())
+
+
+def test_cls_loss_table_fits_each_loss_to_its_head_and_equals_the_functions():
+    assert {name: cls.activation for name, cls in CLS_LOSSES.items()} == {
+        "softmax_ce": "softmax",
+        "focal": "sigmoid",
+        "balanced_ce": "sigmoid",
+    }
+    assert list(BOX_LOSSES) == ["smooth_l1", "l1", "giou"]
+    gen = torch.Generator().manual_seed(8)
+    labels = random_labels(gen, (2, 40), 3)
+    sigmoid_logits = torch.randn(2, 40, 3, generator=gen) * 2
+    softmax_logits = torch.randn(2, 40, 4, generator=gen) * 2
+    alpha, weights = [0.1, 0.5, 0.9], [1.0, 2.0, 0.5]
+    focal = FocalLoss(alpha=alpha, gamma=1.5, class_weights=weights)(sigmoid_logits, labels)
+    expected = focal_loss_per_anchor(
+        sigmoid_logits, labels, alpha=torch.tensor(alpha), gamma=1.5, class_weights=torch.tensor(weights)
+    )
+    assert torch.equal(focal, expected)
+    bce = BalancedCrossEntropy(alpha=0.3)(sigmoid_logits, labels)
+    assert torch.equal(
+        bce, balanced_cross_entropy_per_anchor(sigmoid_logits, labels, alpha=torch.tensor(0.3))
+    )
+    ce = SoftmaxCrossEntropy(class_weights=[0.5, 1, 2, 3])(softmax_logits, labels)
+    assert torch.equal(ce, softmax_cross_entropy(softmax_logits, labels, torch.tensor([0.5, 1, 2, 3])))
+    with pytest.raises(
+        ConfigError, match=r"loss\.softmax_ce\.class_weights has 3 values but the softmax head has 4"
+    ):
+        SoftmaxCrossEntropy(class_weights=[1, 2, 3])(softmax_logits, labels)
+    with pytest.raises(ConfigError, match=r"loss\.balanced_ce\.alpha must lie in \[0, 1\]"):
+        BalancedCrossEntropy(alpha=[0.5, -0.1, 0.2])
+    with pytest.raises(ConfigError, match=r"loss\.focal\.gamma must be >= 0"):
+        FocalLoss(gamma=-0.5)
+    # class weights and alpha are non-persistent buffers: they follow .to() and stay out of checkpoints
+    loss = FocalLoss(alpha=alpha, class_weights=weights)
+    assert dict(loss.state_dict()) == {}
+    assert loss.to(torch.float64).alpha.dtype == torch.float64

@@ -119,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=args.logdir)
-    stats_logger = MiningVisualizer(writer, period=1, num_images=0, class_names=dataset.class_names,
-                                    cls_activation=model.cls_activation)  # fmt: skip
+    stats_logger = MiningVisualizer(writer, period=1, num_images=0, class_names=dataset.class_names)
     gallery = HardNegativeGallery(
         args.gallery_size, class_names=dataset.class_names, class_aware=args.class_aware
     )
@@ -132,13 +131,13 @@ def run(args: argparse.Namespace) -> int:
             images = images.to(device)
             targets = targets_to(targets, device)
             outputs = model(images)
-            _, record = criterion(outputs, outputs.anchors, targets)
+            _, record = criterion(outputs, targets)
             sizes = [tuple(t["input_size"]) for t in targets]
             detections = model.postprocess(
                 outputs,
                 image_shape=tuple(images.shape[-2:]),
                 input_sizes=sizes,
-                level_counts=getattr(model, "last_level_counts", None),
+                level_counts=outputs.level_counts,
                 score_thresh=args.score_thresh,
             )
             if writer is not None:

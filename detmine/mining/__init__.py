@@ -23,16 +23,17 @@ Two attributes on every miner tell the criterion what the miner needs:
     criterion applies it (at least 1, batch or EMA count, averaged under DDP);
     the miner only declares it.
 
-Build one from a config section with :func:`build_miner`; ``mining.type: ohem``
-and ``build_miner("ohem")`` name the same class through :data:`MINERS`.
+Build one with :func:`build_miner`; ``mining.type: ohem`` and ``build_miner("ohem")`` name
+the same class through :data:`MINERS`, and a miner's options are its constructor's keyword
+arguments (the config's ``mining.<type>.*``), checked by :mod:`detmine.components`. A new
+miner is one file plus one table line (or ``MINERS["mine"] = MyMiner`` from outside).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from detmine.errors import ConfigError
+from detmine.components import build_component
 from detmine.mining._common import BOX_SOURCES, NORMALIZE_BY
 from detmine.mining.all_anchors import AllAnchorsMiner
 from detmine.mining.ohem import OHEMMiner
@@ -40,6 +41,7 @@ from detmine.mining.random_sampling import RandomMiner
 from detmine.mining.record import Miner, MiningRecord
 from detmine.mining.ssd import SSDMiner
 
+#: name -> miner class (``mining.type``).
 MINERS: dict[str, type] = {
     "all": AllAnchorsMiner,
     "ssd": SSDMiner,
@@ -48,28 +50,14 @@ MINERS: dict[str, type] = {
 }
 
 
-def miner_options(type: str) -> list[str]:
-    """The keyword options the miner named ``type`` accepts (its constructor's arguments)."""
-    params = inspect.signature(MINERS[type].__init__).parameters
-    return [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
 def build_miner(type: str, **options: Any) -> Miner:
     """Build the miner named ``type`` (one of :data:`MINERS`) with keyword ``options``.
 
     Raises:
-        ConfigError: unknown type or option (naming the valid ones), or a bad value.
+        ConfigError: unknown type or option (one line, "did you mean", the valid ones), or a
+            bad value (naming ``mining.<type>.<option>``).
     """
-    if type not in MINERS:
-        raise ConfigError(f"unknown mining.type {type!r}; valid types: {', '.join(sorted(MINERS))}")
-    valid = miner_options(type)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(repr(k) for k in unknown)} for mining.type {type!r}; "
-            f"valid options: {', '.join(valid) if valid else '(none)'}"
-        )
-    return MINERS[type](**options)
+    return build_component(MINERS, type, options, "mining")
 
 
 __all__ = [
@@ -83,5 +71,4 @@ __all__ = [
     "RandomMiner",
     "SSDMiner",
     "build_miner",
-    "miner_options",
 ]

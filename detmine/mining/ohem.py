@@ -94,22 +94,26 @@ class OHEMMiner:
         nms_boxes: str = "anchors",
     ) -> None:
         if isinstance(batch_size_per_image, bool) or not isinstance(batch_size_per_image, int):
-            raise ConfigError(f"mining.batch_size_per_image must be an integer, got {batch_size_per_image!r}")
+            raise ConfigError(
+                f"mining.ohem.batch_size_per_image must be an integer, got {batch_size_per_image!r}"
+            )
         if batch_size_per_image < 1:
-            raise ConfigError(f"mining.batch_size_per_image must be >= 1, got {batch_size_per_image}")
+            raise ConfigError(f"mining.ohem.batch_size_per_image must be >= 1, got {batch_size_per_image}")
         if isinstance(nms_iou, bool) or not isinstance(nms_iou, (int, float)) or not 0.0 < nms_iou <= 1.0:
-            raise ConfigError(f"mining.nms_iou must be a number in (0, 1], got {nms_iou!r}")
+            raise ConfigError(f"mining.ohem.nms_iou must be a number in (0, 1], got {nms_iou!r}")
         if pos_fraction is not None and (
             isinstance(pos_fraction, bool)
             or not isinstance(pos_fraction, (int, float))
             or not 0.0 < pos_fraction <= 1.0
         ):
-            raise ConfigError(f"mining.pos_fraction must be null or a number in (0, 1], got {pos_fraction!r}")
+            raise ConfigError(
+                f"mining.ohem.pos_fraction must be null or a number in (0, 1], got {pos_fraction!r}"
+            )
         if isinstance(pre_nms_topk, bool) or not isinstance(pre_nms_topk, int):
-            raise ConfigError(f"mining.pre_nms_topk must be an integer, got {pre_nms_topk!r}")
+            raise ConfigError(f"mining.ohem.pre_nms_topk must be an integer, got {pre_nms_topk!r}")
         if pre_nms_topk < batch_size_per_image:
             raise ConfigError(
-                f"mining.pre_nms_topk must be >= mining.batch_size_per_image ({batch_size_per_image}), "
+                f"mining.ohem.pre_nms_topk must be >= mining.ohem.batch_size_per_image ({batch_size_per_image}), "
                 f"got {pre_nms_topk}"
             )
         if nms_boxes not in NMS_BOXES:

@@ -57,9 +57,9 @@ class SSDMiner:
             or not isinstance(neg_pos_ratio, (int, float))
             or neg_pos_ratio < 0
         ):
-            raise ConfigError(f"mining.neg_pos_ratio must be a number >= 0, got {neg_pos_ratio!r}")
+            raise ConfigError(f"mining.ssd.neg_pos_ratio must be a number >= 0, got {neg_pos_ratio!r}")
         if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or min_negatives < 0:
-            raise ConfigError(f"mining.min_negatives must be an integer >= 0, got {min_negatives!r}")
+            raise ConfigError(f"mining.ssd.min_negatives must be an integer >= 0, got {min_negatives!r}")
         self.neg_pos_ratio = neg_pos_ratio
         self.min_negatives = min_negatives
 

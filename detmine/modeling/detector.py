@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from detmine.modeling.anchors import _CachedAnchors
-from detmine.structures import Detections, HeadOutputs
+from detmine.structures import Detections, HeadOutputs, check_activation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,10 +39,13 @@ class DenseDetector(nn.Module):
     Args:
         backbone: ``x [B, 3, H, W] -> list[Tensor]`` (see :mod:`detmine.modeling.backbones`).
         neck: ``list[Tensor] -> list[Tensor]`` or None.
-        head: ``list[Tensor] -> (cls_logits [B, A, K'], box_deltas [B, A, 4])``.
+        head: ``list[Tensor] -> (cls_logits [B, A, K'], box_deltas [B, A, 4])``; its
+            ``cls_activation`` attribute declares what its columns mean.
         anchor_generator: a :mod:`detmine.modeling.anchors` generator with one level per map.
         num_classes: K, the number of object classes (labels 1..K).
-        cls_activation: ``"softmax"`` (K' = K + 1, column 0 background) or ``"sigmoid"`` (K' = K).
+        cls_activation: ``"softmax"`` (K' = K + 1, column 0 background) or ``"sigmoid"`` (K' = K),
+            a key of :data:`detmine.structures.CLS_ACTIVATIONS`; default: the head's
+            ``cls_activation`` (given both, they must agree).
         box_coder: a ``detmine.box_coder.BoxCoder`` used to decode ``box_deltas`` in :meth:`predict`.
         image_size: the square input size the recipe was designed for (used by builders / configs,
             not enforced: any size that the backbone can process works).
@@ -63,7 +66,7 @@ class DenseDetector(nn.Module):
         head: nn.Module,
         anchor_generator: _CachedAnchors,
         num_classes: int,
-        cls_activation: str,
+        cls_activation: str | None = None,
         box_coder,
         image_size: int,
         size_divisible: int,
@@ -72,8 +75,12 @@ class DenseDetector(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if cls_activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"cls_activation must be 'softmax' or 'sigmoid', got {cls_activation!r}")
+        declared = getattr(head, "cls_activation", None)
+        if cls_activation is None:
+            cls_activation = declared
+        elif declared is not None and declared != cls_activation:
+            raise ValueError(f"cls_activation {cls_activation!r} contradicts the head's {declared!r}")
+        check_activation(cls_activation)
         if isinstance(size_divisible, bool) or not isinstance(size_divisible, int) or size_divisible < 1:
             raise ValueError(f"size_divisible must be a positive integer, got {size_divisible!r}")
         if len(image_mean) != 3 or len(image_std) != 3:
@@ -83,6 +90,7 @@ class DenseDetector(nn.Module):
         self.head = head
         self.anchor_generator = anchor_generator
         self.num_classes = num_classes
+        #: the head's activation, which every ``HeadOutputs`` carries (builders read it here).
         self.cls_activation = cls_activation
         self.box_coder = box_coder
         self.image_size = image_size
@@ -97,8 +105,6 @@ class DenseDetector(nn.Module):
         std = torch.tensor(image_std, dtype=torch.float32)
         self.register_buffer("_scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_shift", (-torch.tensor(image_mean) / std).view(1, 3, 1, 1), persistent=False)
-        #: anchors per pyramid level of the last forward (used by :meth:`postprocess`).
-        self.last_level_counts: list[int] = []
 
     @property
     def pad_value(self) -> tuple[float, float, float]:
@@ -119,7 +125,8 @@ class DenseDetector(nn.Module):
         """``images [B, 3, H, W]`` uint8/float 0..255 -> ``HeadOutputs`` (same in train and eval).
 
         ``cls_logits [B, A, K']``, ``box_deltas [B, A, 4]``, ``anchors [A, 4]`` float32 xyxy in
-        input pixels of the padded batch.
+        input pixels of the padded batch, ``cls_activation`` and ``level_counts`` (anchors per
+        pyramid level).
         """
         features = self.backbone(self.normalize(images))
         if self.neck is not None:
@@ -133,8 +140,13 @@ class DenseDetector(nn.Module):
                 f"head predicts {cls_logits.shape[1]} anchors but the generator made {anchors.shape[0]}: "
                 "anchors per location of head and generator disagree"
             )
-        self.last_level_counts = counts
-        return HeadOutputs(cls_logits=cls_logits, box_deltas=box_deltas, anchors=anchors)
+        return HeadOutputs(
+            cls_logits=cls_logits,
+            box_deltas=box_deltas,
+            anchors=anchors,
+            cls_activation=self.cls_activation,
+            level_counts=tuple(counts),
+        )
 
     @torch.no_grad()
     def predict(
@@ -155,7 +167,6 @@ class DenseDetector(nn.Module):
             image_shape=tuple(images.shape[-2:]),
             input_sizes=input_sizes,
             orig_sizes=orig_sizes,
-            level_counts=self.last_level_counts,
             score_thresh=score_thresh,
             topk_candidates=topk_candidates,
             nms_thresh=nms_thresh,
@@ -181,7 +192,8 @@ class DenseDetector(nn.Module):
         Semantics of torchvision's RetinaNet post-processing, batched over images: per image and
         level, the ``topk_candidates`` best (anchor, class) scores above ``score_thresh`` are
         decoded, clipped to the image's ``input_size``, and NMS'ed per class at ``nms_thresh``;
-        the ``detections_per_img`` best survive. Softmax scores skip the background column.
+        the ``detections_per_img`` best survive. Softmax scores skip the background column
+        (``outputs.class_scores()``).
 
         Args:
             outputs: the forward's ``HeadOutputs`` for a batch of B images.
@@ -189,8 +201,8 @@ class DenseDetector(nn.Module):
             input_sizes: ``(h, w)`` per image before padding (default ``image_shape``).
             orig_sizes: ``(h, w)`` per image on disk (default ``input_sizes``); boxes are scaled
                 by ``orig / input`` per axis.
-            level_counts: anchors per pyramid level; default: those of the last forward when they
-                add up to ``A``, else all anchors as one level (top-k over the whole image).
+            level_counts: anchors per pyramid level, overriding ``outputs.level_counts``; counts
+                that do not add up to ``A`` mean all anchors as one level (top-k over the image).
 
         Returns:
             One ``Detections`` per image: ``boxes [D, 4]`` float32 xyxy in original pixels,
@@ -202,13 +214,10 @@ class DenseDetector(nn.Module):
             return []
         device = logits.device
         if level_counts is None:
-            level_counts = self.last_level_counts
+            level_counts = outputs.level_counts
         if sum(level_counts) != num_anchors:
             level_counts = [num_anchors]
-        if self.cls_activation == "softmax":
-            scores = logits.float().softmax(dim=-1)[..., 1:]
-        else:
-            scores = logits.float().sigmoid()
+        scores = outputs.class_scores()  # [B, A, K]
         num_classes = scores.shape[-1]
 
         cand_scores, cand_idx = [], []

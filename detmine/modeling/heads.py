@@ -5,6 +5,10 @@ Every head maps the pyramid ``list[Tensor [B, C_l, H_l, W_l]]`` to
 ``y``, column ``x``, then anchor type -- the order of :mod:`detmine.modeling.anchors` and of
 torchvision's heads. Channel ``a * C + c`` of a level's conv output is column ``c`` of anchor type
 ``a``.
+
+Every head declares its ``cls_activation`` (``"softmax"``: ``K + 1`` columns, column 0
+background; ``"sigmoid"``: ``K``; see :data:`detmine.structures.CLS_ACTIVATIONS`), which the
+detector puts on every ``HeadOutputs``.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ class _PerLevelHead(nn.Module):
 class SSDHead(_PerLevelHead):
     """SSD head: per level a 3x3 conv to ``anchors * num_columns`` logits and one to ``anchors * 4``.
 
+    A softmax head (``cls_activation``): column 0 is the background.
+
     Args:
         in_channels: channels per level.
         num_anchors: anchors per location per level.
         num_columns: classification columns (softmax: ``K + 1``, column 0 background).
     """
+
+    cls_activation = "softmax"
 
     def __init__(self, *, in_channels: Sequence[int], num_anchors: Sequence[int], num_columns: int) -> None:
         cls = nn.ModuleList(
@@ -73,8 +81,10 @@ class SSDHead(_PerLevelHead):
 class SSDLiteHead(_PerLevelHead):
     """SSDlite head: 3x3 depthwise conv + BN + ReLU6, then a 1x1 conv, per level and output.
 
-    Same arguments as :class:`SSDHead`; Normal(0, 0.03) init as torchvision.
+    Same arguments as :class:`SSDHead` (a softmax head); Normal(0, 0.03) init as torchvision.
     """
+
+    cls_activation = "softmax"
 
     def __init__(self, *, in_channels: Sequence[int], num_anchors: Sequence[int], num_columns: int) -> None:
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
@@ -110,6 +120,9 @@ class RetinaNetHead(nn.Module):
         group_norm: GroupNorm(32) after each tower conv (torchvision's RetinaNet v2).
         prior_prob: pi of the classification bias.
     """
+
+    #: one sigmoid per class column, no background column (the focal-loss head).
+    cls_activation = "sigmoid"
 
     def __init__(
         self,

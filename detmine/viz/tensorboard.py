@@ -18,8 +18,9 @@ Histograms (over every anchor of the batch):
     ``<p>/hist/fg_score``        foreground score of all non-ignored anchors
     ``<p>/hist/fg_score_pos``    ... of positive anchors
     ``<p>/hist/fg_score_neg``    ... of negative anchors
-    Foreground score: softmax heads ``1 - p(background)``, sigmoid heads the
-    largest class probability. A histogram with no values is not written.
+    Foreground score (``HeadOutputs.foreground_scores``): softmax heads
+    ``1 - p(background)``, sigmoid heads the largest class probability. A
+    histogram with no values is not written.
 
 Scalars:
     ``<p>/pos_per_image``          mean number of positive anchors per image
@@ -42,7 +43,6 @@ numbers (``eval/AP``, ...) are the trainer's to log.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,32 +58,6 @@ from detmine.viz.plots import draw_pr_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from detmine.engine.evaluator import EvalResult
-
-
-def infer_cls_activation(num_columns: int, class_names: Sequence[str] | None) -> str | None:
-    """``"softmax"`` if the head has one column more than there are classes,
-    ``"sigmoid"`` if as many, ``None`` when it cannot tell."""
-    if not class_names:
-        return None
-    if num_columns == len(class_names) + 1:
-        return "softmax"
-    if num_columns == len(class_names):
-        return "sigmoid"
-    return None
-
-
-def foreground_scores(cls_logits: Tensor, cls_activation: str) -> Tensor:
-    """``[B, A, K']`` logits -> ``[B, A]`` foreground score in ``[0, 1]``.
-
-    softmax: ``1 - softmax(logits)[..., 0]`` (column 0 is background);
-    sigmoid: ``max_k sigmoid(logits)[..., k]``.
-    """
-    logits = cls_logits.detach().float()
-    if cls_activation == "softmax":
-        return 1.0 - torch.softmax(logits, dim=-1)[..., 0]
-    if cls_activation == "sigmoid":
-        return torch.sigmoid(logits.max(dim=-1).values)
-    raise ConfigError(f"cls_activation must be 'softmax' or 'sigmoid', got {cls_activation!r}")
 
 
 def _background_only(targets: Sequence[Target], device: torch.device) -> Tensor:
@@ -211,10 +185,6 @@ class MiningVisualizer:
         num_images: how many images of the batch get a picture.
         top_k: mined negatives drawn per image (hardest first).
         class_names: ``K`` names (index k-1 is class k) for the GT labels.
-        cls_activation: ``"softmax"`` | ``"sigmoid"`` for the foreground-score
-            histograms; ``None`` infers it from the logits' width and
-            ``class_names`` (the histograms are skipped, with one warning, when
-            neither tells).
         max_ignored: ignored anchors drawn per image at most.
         min_side: small images are upscaled to this shorter side before drawing.
         prefix: tag prefix.
@@ -228,7 +198,6 @@ class MiningVisualizer:
         top_k: int = 20,
         class_names: Sequence[str] | None = None,
         *,
-        cls_activation: str | None = None,
         max_ignored: int = 200,
         min_side: int = 256,
         prefix: str = "mining",
@@ -236,18 +205,14 @@ class MiningVisualizer:
         for name, value in (("period", period), ("num_images", num_images), ("top_k", top_k)):
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"vis.{name} must be an integer >= 0, got {value!r}")
-        if cls_activation not in (None, "softmax", "sigmoid"):
-            raise ConfigError(f"cls_activation must be 'softmax' or 'sigmoid', got {cls_activation!r}")
         self.writer = writer
         self.period = period
         self.num_images = num_images
         self.top_k = top_k
         self.class_names = list(class_names) if class_names else None
-        self.cls_activation = cls_activation
         self.max_ignored = max_ignored
         self.min_side = min_side
         self.prefix = prefix
-        self._warned_activation = False
 
     @property
     def enabled(self) -> bool:
@@ -269,7 +234,8 @@ class MiningVisualizer:
         Args:
             images: ``[B, 3, H, W]`` uint8 batch as fed to the model.
             targets: ``B`` targets (network-input pixels).
-            outputs: the model's :class:`HeadOutputs` (``anchors [A, 4]``).
+            outputs: the model's :class:`HeadOutputs` (``anchors [A, 4]``; its
+                ``cls_activation`` says how to read the logits).
             record: the criterion's :class:`MiningRecord`.
         """
         if not self.should_log(iteration):
@@ -293,12 +259,10 @@ class MiningVisualizer:
         loss = record.cls_loss.detach().float()
         self._hist(f"{p}/hist/neg_loss_all", loss[record.negatives], iteration)
         self._hist(f"{p}/hist/neg_loss_mined", loss[record.mined_negatives], iteration)
-        activation = self._activation(outputs.cls_logits.shape[-1])
-        if activation is not None:
-            fg = foreground_scores(outputs.cls_logits, activation)
-            self._hist(f"{p}/hist/fg_score", fg[~record.ignored], iteration)
-            self._hist(f"{p}/hist/fg_score_pos", fg[record.positives], iteration)
-            self._hist(f"{p}/hist/fg_score_neg", fg[record.negatives], iteration)
+        fg = outputs.foreground_scores()
+        self._hist(f"{p}/hist/fg_score", fg[~record.ignored], iteration)
+        self._hist(f"{p}/hist/fg_score_pos", fg[record.positives], iteration)
+        self._hist(f"{p}/hist/fg_score_neg", fg[record.negatives], iteration)
         for i in range(min(self.num_images, images.shape[0])):
             picture = render_mining_image(
                 images[i],
@@ -316,18 +280,6 @@ class MiningVisualizer:
     def _hist(self, tag: str, values: Tensor, step: int) -> None:
         if values.numel() > 0:
             self.writer.add_histogram(tag, values.cpu(), step)
-
-    def _activation(self, num_columns: int) -> str | None:
-        activation = self.cls_activation or infer_cls_activation(num_columns, self.class_names)
-        if activation is None and not self._warned_activation:
-            self._warned_activation = True
-            warnings.warn(
-                f"MiningVisualizer: cannot tell softmax from sigmoid for {num_columns} logit columns "
-                f"and {len(self.class_names or [])} class names; pass cls_activation to get the "
-                "foreground-score histograms",
-                stacklevel=3,
-            )
-        return activation
 
 
 def log_evaluation(writer: Any, result: EvalResult, step: int, prefix: str = "eval") -> None:

@@ -81,14 +81,22 @@ def test_ohem_defaults():
 
 
 def test_unknown_type_names_value_and_choices():
-    with pytest.raises(ConfigError, match=r"'hard'.*all, ohem, random, ssd"):
+    with pytest.raises(ConfigError, match=r"'mining\.type' is 'hard'; valid: 'all', 'ssd', 'ohem', 'random'"):
         build_miner("hard")
+    with pytest.raises(ConfigError, match=r"'mining\.type' is 'ohm'; did you mean 'ohem'\?"):
+        build_miner("ohm")
 
 
 def test_unknown_option_names_it_and_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'neg_ratio'.*'ssd'.*neg_pos_ratio, min_negatives"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'mining\.ssd\.neg_ratio' for SSDMiner; did you mean 'mining\.ssd\.neg_pos_ratio'\? "
+        r"valid options: neg_pos_ratio, min_negatives$",
+    ):
         build_miner("ssd", neg_ratio=3)
-    with pytest.raises(ConfigError, match=r"'seed'.*'all'.*\(none\)"):
+    with pytest.raises(
+        ConfigError, match=r"'mining\.all\.seed' for AllAnchorsMiner; valid options: \(none\)"
+    ):
         build_miner("all", seed=1)
 
 
@@ -107,7 +115,7 @@ def test_unknown_option_names_it_and_the_valid_ones():
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(name, options, key):
-    with pytest.raises(ConfigError, match=f"mining.{key}"):
+    with pytest.raises(ConfigError, match=rf"mining\.{name}\.{key}"):
         build_miner(name, **options)
 
 

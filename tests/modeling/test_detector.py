@@ -15,7 +15,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 from detmine.box_coder import BoxCoder
 from detmine.data.loader import collate
 from detmine.errors import ConfigError
-from detmine.modeling import MODELS, build_model, model_options
+from detmine.modeling import MODELS, DenseDetector, build_model, model_options
 from detmine.structures import HeadOutputs
 
 # name -> (input size for the test, classifier columns for K = 3)
@@ -73,9 +73,11 @@ def test_every_builder_gives_head_outputs(name):
     assert out.cls_logits.shape == (batch, num_anchors, columns)
     assert out.box_deltas.shape == (batch, num_anchors, 4)
     assert out.anchors.dtype == torch.float32
-    assert sum(model.last_level_counts) == num_anchors
-    assert model.num_classes == 3
-    assert model.cls_activation == ("softmax" if columns == 4 else "sigmoid")
+    assert sum(out.level_counts) == num_anchors and isinstance(out.level_counts, tuple)
+    assert not hasattr(model, "last_level_counts")  # head facts travel with the outputs
+    assert model.num_classes == 3 == out.num_classes
+    assert model.cls_activation == out.cls_activation == ("softmax" if columns == 4 else "sigmoid")
+    assert model.cls_activation == model.head.cls_activation
     assert isinstance(model.box_coder, BoxCoder)
     assert model.box_coder.weights == ((10.0, 10.0, 5.0, 5.0) if columns == 4 else (1.0, 1.0, 1.0, 1.0))
     if name == "ssd300_vgg16":
@@ -128,9 +130,9 @@ def test_retinanet_anchors_use_true_strides_on_inputs_not_divisible_by_128():
     with torch.no_grad():
         out = model(images)
     cells = [(-(-96 // s), -(-160 // s)) for s in (8, 16, 32, 64, 128)]
-    assert model.last_level_counts == [h * w * 9 for h, w in cells]
+    assert out.level_counts == tuple(h * w * 9 for h, w in cells)
     for (fh, fw), stride, level in zip(
-        cells, (8, 16, 32, 64, 128), out.anchors.split(model.last_level_counts), strict=True
+        cells, (8, 16, 32, 64, 128), out.anchors.split(out.level_counts), strict=True
     ):
         centres = ((level[:, :2] + level[:, 2:]) / 2).view(fh, fw, 9, 2)[:, :, 4]
         ys, xs = torch.meshgrid(torch.arange(fh) * stride, torch.arange(fw) * stride, indexing="ij")
@@ -268,12 +270,14 @@ def test_predict_equals_torchvision_retinanet_postprocess(topk, thresh, per_img)
         cls_logits=torch.randn(out.cls_logits.shape, generator=g) * 2 - 2,
         box_deltas=torch.randn(out.box_deltas.shape, generator=g) * 0.3,
         anchors=out.anchors,
+        cls_activation=out.cls_activation,
+        level_counts=out.level_counts,
     )
-    counts = model.last_level_counts
+    counts = list(out.level_counts)
     params = dict(score_thresh=thresh, topk_candidates=topk, nms_thresh=0.5, detections_per_img=per_img)
     ours = model.postprocess(out, image_shape=(64, 64), level_counts=counts, **params)
     ref = _torchvision_postprocess(out, counts, (64, 64), **params)
-    if topk == 7:  # the level split comes from the last forward by default
+    if topk == 7:  # the level split comes from the outputs by default
         torch.testing.assert_close(
             model.postprocess(out, image_shape=(64, 64), **params)[0]["scores"], ours[0]["scores"]
         )
@@ -288,7 +292,7 @@ def test_predict_equals_torchvision_retinanet_postprocess(topk, thresh, per_img)
 def test_top_k_is_per_level_and_batched_predict_equals_single():
     model, _, logits, _ = _with_head("retinanet_tiny_fpn", 2, 64, 3.0)
     (det,) = model.predict(_images(1, 64), topk_candidates=1, nms_thresh=1.0)
-    assert len(det["scores"]) == len(model.last_level_counts)
+    assert len(det["scores"]) == len(model(_images(1, 64)).level_counts) == 5
 
     torch.manual_seed(0)
     model = build_model("ssdlite_tiny", 3).eval()
@@ -299,6 +303,25 @@ def test_top_k_is_per_level_and_batched_predict_equals_single():
         torch.testing.assert_close(both[i]["boxes"], single["boxes"], atol=1e-4, rtol=1e-4)
         assert both[i]["labels"].tolist() == single["labels"].tolist()
         assert ((single["labels"] >= 1) & (single["labels"] <= 3)).all()
+
+
+def test_the_activation_is_the_heads_and_travels_with_the_outputs():
+    model = build_model("ssdlite_tiny", 2)
+    parts = dict(
+        backbone=model.backbone,
+        neck=model.neck,
+        head=model.head,
+        anchor_generator=model.anchor_generator,
+        num_classes=2,
+        box_coder=model.box_coder,
+        image_size=64,
+        size_divisible=1,
+    )
+    assert DenseDetector(**parts).cls_activation == "softmax"  # declared by SSDLiteHead
+    with pytest.raises(ValueError, match="contradicts the head's 'softmax'"):
+        DenseDetector(**parts, cls_activation="sigmoid")
+    with pytest.raises(ValueError, match="cls_activation must be one of 'softmax', 'sigmoid'"):
+        DenseDetector(**{**parts, "head": _FixedHead(None, None)}, cls_activation="tanh")
 
 
 def test_build_model_errors_name_the_valid_choices():
@@ -340,6 +363,8 @@ def test_single_anchor_small_and_non_square_inputs():
         cls_logits=torch.tensor([[[4.0, -4.0]]]),
         box_deltas=torch.zeros(1, 1, 4),
         anchors=torch.tensor([[8.0, 8, 24, 40]]),
+        cls_activation="sigmoid",
+        level_counts=(1,),
     )
     (det,) = model.postprocess(single, image_shape=(32, 32))
     assert det["labels"].tolist() == [1] and det["boxes"].tolist() == [[8.0, 8.0, 24.0, 32.0]]

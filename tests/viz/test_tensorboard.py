@@ -14,7 +14,6 @@ from detmine.structures import HeadOutputs
 from detmine.viz.plots import draw_pr_grid
 from detmine.viz.tensorboard import (
     MiningVisualizer,
-    foreground_scores,
     log_evaluation,
     mining_statistics,
     render_mining_image,
@@ -34,7 +33,7 @@ def _anchors():
     return torch.tensor(out, dtype=torch.float32)
 
 
-def _batch(miner="ssd", num_columns=3, seed=0):
+def _batch(miner="ssd", num_columns=3, seed=0, activation="softmax"):
     """A fake batch of 3 images (the last one background-only) and an SSD-like or
     'all' record: labels, per-anchor loss, selection."""
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +67,13 @@ def _batch(miner="ssd", num_columns=3, seed=0):
             selected[b, neg_loss.topk(k).indices] = True
     record = MiningRecord(labels=labels, selected=selected, cls_loss=cls_loss)
     logits = torch.randn((3, a, num_columns), generator=g)
-    outputs = HeadOutputs(cls_logits=logits, box_deltas=torch.zeros((3, a, 4)), anchors=anchors)
+    outputs = HeadOutputs(
+        cls_logits=logits,
+        box_deltas=torch.zeros((3, a, 4)),
+        anchors=anchors,
+        cls_activation=activation,
+        level_counts=(64, 16),
+    )
     return images, targets, outputs, record
 
 
@@ -142,7 +147,8 @@ def test_logs_every_tag_with_sane_content(tmp_path):
     assert ea.Images("mining/images/1")[0].width == 256 and ea.Images("mining/images/0")[0].width == 256
 
     # histograms: counts equal the number of anchors of that kind
-    fg = foreground_scores(outputs.cls_logits, "softmax")
+    fg = outputs.foreground_scores()
+    torch.testing.assert_close(fg, 1 - torch.softmax(outputs.cls_logits, -1)[..., 0])
     expect = {
         "mining/hist/neg_loss_all": record.cls_loss[record.negatives],
         "mining/hist/neg_loss_mined": record.cls_loss[record.mined_negatives],
@@ -174,18 +180,22 @@ def test_logs_every_tag_with_sane_content(tmp_path):
 
 def test_fg_score_definitions():
     logits = torch.tensor([[[2.0, 0.0, 1.0], [-1.0, 3.0, 0.0]]])
-    soft = foreground_scores(logits, "softmax")
+
+    def outputs(activation):
+        return HeadOutputs(logits, torch.zeros(1, 2, 4), torch.zeros(2, 4), activation, (2,))
+
+    soft = outputs("softmax").foreground_scores()
     assert torch.allclose(soft, 1 - torch.softmax(logits, -1)[..., 0])
-    sig = foreground_scores(logits, "sigmoid")
+    sig = outputs("sigmoid").foreground_scores()
     assert torch.allclose(sig, torch.sigmoid(logits).max(-1).values)
-    with pytest.raises(ConfigError, match="cls_activation"):
-        foreground_scores(logits, "relu")
+    with pytest.raises(ValueError, match="cls_activation"):
+        outputs("relu")
 
 
 def test_all_miner_and_sigmoid_head(tmp_path):
     """'all' / focal: every non-ignored anchor counts -> no unmined scalar; the
     picture shows the highest-loss negatives; K' == K -> sigmoid scores."""
-    images, targets, outputs, record = _batch(miner="all", num_columns=2)
+    images, targets, outputs, record = _batch(miner="all", num_columns=2, activation="sigmoid")
     writer = SummaryWriter(str(tmp_path))
     MiningVisualizer(writer, period=1, num_images=1, top_k=3, class_names=CLASSES).log(
         7, images, targets, outputs, record
@@ -222,20 +232,28 @@ def test_bad_settings_are_config_errors():
         MiningVisualizer(None, period=-1)
     with pytest.raises(ConfigError, match="vis.top_k"):
         MiningVisualizer(None, period=1, top_k=2.5)
-    with pytest.raises(ConfigError, match="cls_activation"):
-        MiningVisualizer(None, period=1, cls_activation="tanh")
+    with pytest.raises(TypeError, match="cls_activation"):  # the outputs say it
+        MiningVisualizer(None, period=1, cls_activation="softmax")
 
 
-def test_unknown_activation_skips_fg_histograms_with_one_warning(tmp_path):
-    images, targets, outputs, record = _batch(num_columns=5)
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_fg_histograms_follow_the_outputs_activation(tmp_path, activation):
+    """The head's activation comes with the outputs, whatever the class names: no guessing
+    from the number of columns (5 columns, 2 class names)."""
+    images, targets, outputs, record = _batch(num_columns=5, activation=activation)
     writer = SummaryWriter(str(tmp_path))
-    vis = MiningVisualizer(writer, period=1, num_images=0, class_names=CLASSES)
-    with pytest.warns(UserWarning, match="cls_activation") as rec:
-        vis.log(0, images, targets, outputs, record)
-        vis.log(1, images, targets, outputs, record)
-    assert len(rec) == 1
+    MiningVisualizer(writer, period=1, num_images=0, class_names=CLASSES).log(
+        0, images, targets, outputs, record
+    )
     writer.close()
-    assert not any("fg_score" in t for t in _read(tmp_path).Tags()["histograms"])
+    h = _read(tmp_path).Histograms("mining/hist/fg_score")[0].histogram_value
+    logits = outputs.cls_logits
+    if activation == "softmax":
+        fg = 1 - torch.softmax(logits, -1)[..., 0]
+    else:
+        fg = torch.sigmoid(logits).max(-1).values
+    fg = fg[~record.ignored]
+    assert h.num == fg.numel() and h.sum == pytest.approx(float(fg.sum()), rel=1e-5)
 
 
 def test_statistics_with_no_negatives_selected():

@@ -1,6 +1,6 @@
-"""Per-anchor classification losses and box regression losses.
+"""The fused per-anchor classification losses (the functions behind ``detmine.losses.CLS_LOSSES``).
 
-Classification losses return one value per anchor, ``[B, A]``, so a miner can
+They return one value per anchor, ``[B, A]``, so a miner can
 rank anchors and the criterion can sum whichever it selects. Ignored anchors
 (label ``-1``) get loss 0 and no gradient.
 
@@ -24,18 +24,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
-
-from detmine.box_coder import BoxCoder
 
 __all__ = [
     "softmax_cross_entropy",
     "sigmoid_focal_loss",
     "focal_loss_per_anchor",
     "balanced_cross_entropy_per_anchor",
-    "box_regression_loss",
-    "BOX_LOSSES",
 ]
 
 
@@ -276,40 +271,3 @@ def balanced_cross_entropy_per_anchor(
     Shapes as :func:`focal_loss_per_anchor`.
     """
     return focal_loss_per_anchor(logits, labels, alpha=alpha, gamma=0.0, class_weights=class_weights)
-
-
-BOX_LOSSES = ("smooth_l1", "l1", "giou")
-
-
-def box_regression_loss(
-    kind: str,
-    pred_deltas: Tensor,
-    gt_boxes: Tensor,
-    anchors: Tensor,
-    box_coder: BoxCoder,
-    beta: float = 1.0,
-) -> Tensor:
-    """Summed box loss over matched (positive) anchors.
-
-    Args:
-        kind: ``"smooth_l1"`` (on encoded deltas, ``beta``), ``"l1"`` (encoded
-            deltas) or ``"giou"`` (``torchvision.ops.generalized_box_iou_loss`` on
-            decoded boxes).
-        pred_deltas: ``[P, 4]`` predicted deltas of the positives.
-        gt_boxes: ``[P, 4]`` xyxy boxes they are matched to.
-        anchors: ``[P, 4]`` xyxy anchors.
-        box_coder: the model's coder.
-        beta: smooth-L1 transition point.
-
-    Returns:
-        Scalar sum (0 with a gradient path when ``P == 0``).
-    """
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred_deltas, box_coder.encode(gt_boxes, anchors), reduction="sum", beta=beta)
-    if kind == "l1":
-        return F.l1_loss(pred_deltas, box_coder.encode(gt_boxes, anchors), reduction="sum")
-    if kind == "giou":
-        if pred_deltas.shape[0] == 0:
-            return pred_deltas.sum()
-        return generalized_box_iou_loss(box_coder.decode(pred_deltas, anchors), gt_boxes, reduction="sum")
-    raise ValueError(f"unknown box loss {kind!r}; valid: {', '.join(BOX_LOSSES)}")
