@@ -102,10 +102,13 @@ class Criterion(nn.Module):
         self.register_buffer("count_ema", torch.tensor(100.0))
 
     def extra_repr(self) -> str:
-        return (
-            f"miner={self.miner!r}, box_weight={self.box_weight}, normalize_by={self.normalize_by}, "
-            f"normalizer={self.normalizer}"
+        parts = [f"matcher={self.matcher!r}", f"miner={self.miner!r}"]
+        # losses that are not modules (registered plain classes) do not print as children
+        parts += [f"{n}={getattr(self, n)!r}" for n in ("cls_loss", "box_loss") if n not in self._modules]
+        parts.append(
+            f"box_weight={self.box_weight}, normalize_by={self.normalize_by}, normalizer={self.normalizer}"
         )
+        return ", ".join(parts)
 
     def _normalizers(self, num_pos: Tensor, num_selected: Tensor) -> tuple[Tensor, Tensor]:
         """``(classification, box)`` divisors: the counts averaged over processes, at least 1;
