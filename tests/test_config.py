@@ -37,8 +37,13 @@ def test_yaml_and_overrides(tmp_path):
     assert isinstance(cfg, Config)
     assert cfg.model.name == "ssdlite_tiny" and cfg.model.options == {"width": 16, "pretrained": False}
     assert cfg.train.lr == 1e-3 and cfg.train.max_iters == 100 and cfg.train.steps == [10.0, 20.0]
-    assert cfg.mining.type == "ohem" and cfg.mining.ssd.min_negatives == 8
-    assert cfg.mining.options() == {"nms_iou": 0.5}  # unset options: the miner's defaults
+    assert cfg.mining.type == "ohem" and cfg.mining.components["ssd"]["min_negatives"] == 8
+    assert cfg.mining.components["ohem"] == {"nms_iou": 0.5}  # unset options: the miner's defaults
+    assert cfg.mining.criterion_options() == {
+        "type": "ohem",
+        "ssd": {"neg_pos_ratio": 3, "min_negatives": 8},
+        "ohem": {"nms_iou": 0.5},
+    }
     assert cfg.data.train_split == "2017" and cfg.model.weights is None
     assert isinstance(cfg.train.momentum, float)
 
@@ -106,7 +111,7 @@ def test_shipped_recipes_build_their_model_options():
     from pathlib import Path
 
     from detmine import modeling
-    from detmine.engine.builders import check_options
+    from detmine.components import check_options
 
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
         cfg = load_config(path)
@@ -114,3 +119,30 @@ def test_shipped_recipes_build_their_model_options():
         check_options(
             modeling.MODELS[cfg.model.name], cfg.model.options, "model.options", skip=("num_classes",)
         )
+
+
+def test_component_sections_are_checked_against_their_constructors(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            "train: {max_iters: 10}\nloss: {cls: focal, focal: {gamma: 3.0}, smooth_l1: {beta: 0.5}}\n",
+        ),
+        ["loss.focal.alpha=0.5", "mining.random.pos_fraction=0.5"],
+    )
+    assert cfg.loss.components == {"focal": {"gamma": 3.0, "alpha": 0.5}, "smooth_l1": {"beta": 0.5}}
+    saved = config_to_dict(cfg)
+    assert saved["loss"]["focal"] == {"gamma": 3.0, "alpha": 0.5} and "components" not in saved["loss"]
+    assert load_config(save_config(cfg, tmp_path / "again.yaml")) == cfg
+    cases = [
+        ("loss.focal.gama=3", ["'loss.focal.gama'", "did you mean 'loss.focal.gamma'"]),
+        ("loss.cls=focl", ["'loss.cls'", "did you mean 'focal'"]),
+        ("loss.focl.gamma=3", ["'loss.focl'", "did you mean 'loss.focal'"]),
+        ("loss.gamma=3", ["'loss.gamma'"]),
+        ("mining.ohem.batch_size=3", ["'mining.ohem.batch_size'", "batch_size_per_image"]),
+    ]
+    for override, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, ["train.max_iters=10", override])
+        assert "\n" not in str(info.value)
+        for part in expected:
+            assert part in str(info.value), (override, str(info.value))

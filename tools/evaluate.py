@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detmine.cli import add_checkpoint_arguments, add_overrides_argument, run_tool
-from detmine.engine.distributed import pick_device
+from detmine.distributed import pick_device
 from detmine.errors import ConfigError
 
 
@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detmine import distributed as dist
     from detmine.config import load_config
-    from detmine.engine import distributed as dist
 
     cfg = load_config(args.config, args.overrides)
     dist.init_distributed()
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
+    from detmine import distributed as dist
     from detmine.engine import builders
-    from detmine.engine import distributed as dist
     from detmine.engine.evaluator import evaluate
 
     split = args.split or cfg.data.val_split

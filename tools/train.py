@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.resume=true")
     cfg = load_config(args.config, overrides)  # before the heavy imports: config errors are instant
 
+    from detmine import distributed as dist
     from detmine.engine import builders
-    from detmine.engine import distributed as dist
-    from detmine.engine.trainer import seed_everything
+    from detmine.engine.checkpoint import seed_everything
 
     start = time.perf_counter()
     dist.init_distributed()

@@ -36,7 +36,7 @@ import cv2
 import torch
 
 from detmine.cli import add_checkpoint_arguments, add_overrides_argument, run_tool
-from detmine.engine.distributed import pick_device
+from detmine.distributed import pick_device
 from detmine.errors import DetmineError
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from detmine import distributed
 from detmine.errors import DataError, NonFiniteError
 
 
@@ -41,9 +42,7 @@ def check_finite(tensor: Tensor, name: str) -> None:
 def training_world(module: nn.Module) -> int:
     """The number of processes whose calls of ``module`` pair up: the DDP world size in
     training mode, 1 outside DDP and in evaluation (where ranks need not call it together)."""
-    if not (module.training and dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size()
+    return distributed.get_world_size() if module.training else 1
 
 
 def check_outputs_finite(logits: Tensor, deltas: Tensor, world: int) -> None:

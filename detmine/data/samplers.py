@@ -32,9 +32,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
+from detmine import distributed
 from detmine.errors import ConfigError, DataError
 
 
@@ -81,11 +81,10 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0, *, refill: b
 
 def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """``(rank, world_size)``: the given values, else torch.distributed's when initialised, else (0, 1)."""
-    initialised = torch_dist.is_available() and torch_dist.is_initialized()
     if world_size is None:
-        world_size = torch_dist.get_world_size() if initialised else 1
+        world_size = distributed.get_world_size()
     if rank is None:
-        rank = torch_dist.get_rank() if initialised else 0
+        rank = distributed.get_rank()
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"invalid distributed position rank={rank}, world_size={world_size}")
     return rank, world_size

@@ -156,9 +156,9 @@ def discover_class_names(
 
 def _announce(message: str) -> None:
     """Print one line, from the main process only under torch.distributed."""
-    import torch.distributed as torch_dist
+    from detmine import distributed
 
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_rank() == 0:
+    if distributed.is_main_process():
         print(message, flush=True)
 
 

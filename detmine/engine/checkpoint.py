@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detmine import distributed
 from detmine.engine.safe_io import (
     META_CLASS_NAMES,
     META_CONFIG,
@@ -413,7 +414,7 @@ def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Call before building the model; each
     rank adds its rank so data augmentation differs across processes (DDP broadcasts rank
     0's initial weights anyway)."""
-    seed = seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
+    seed = seed + distributed.get_rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

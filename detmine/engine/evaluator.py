@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detmine import distributed
 from detmine.engine.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
 from detmine.engine.coco_table import (
     COCO_STAT_NAMES,
@@ -82,9 +83,7 @@ class EvalResult:
 
 
 def _default_is_main() -> bool:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
+    return distributed.is_main_process()
 
 
 def _is_voc_dataset(dataset: Any) -> bool:

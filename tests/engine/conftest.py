@@ -112,7 +112,9 @@ class FakeDetector(nn.Module):
         b = x.shape[0]
         cls = self.cls(x).permute(0, 2, 3, 1).reshape(b, -1, self.num_classes)
         box = self.box(x).permute(0, 2, 3, 1).reshape(b, -1, 4)
-        return HeadOutputs(cls, box, self.anchors)
+        return HeadOutputs(
+            cls, box, self.anchors, cls_activation="sigmoid", level_counts=(len(self.anchors),)
+        )
 
     @torch.no_grad()
     def predict(self, images, input_sizes=None, orig_sizes=None, *, detections_per_img=5, **postprocess):
@@ -137,8 +139,9 @@ class FakeCriterion(nn.Module):
         self.per_image = per_image
         self.calls = 0
 
-    def forward(self, outputs: HeadOutputs, anchors: torch.Tensor, targets):
+    def forward(self, outputs: HeadOutputs, targets):
         self.calls += 1
+        anchors = outputs.anchors
         centres = (anchors[:, :2] + anchors[:, 2:]) / 2
         labels = torch.zeros(outputs.cls_logits.shape[:2], dtype=torch.int64, device=anchors.device)
         box_t = torch.zeros_like(outputs.box_deltas)

@@ -17,31 +17,31 @@ from pathlib import Path
 
 import torch
 
-OVERRIDES = ["train.max_iters=4", "train.checkpoint_period=2", "eval.period=0", "train.optimizer=sgd"]
+OVERRIDES = [
+    "train.max_iters=4",
+    "train.checkpoint_period=2",
+    "eval.period=0",
+    "eval.val_loss=false",
+    "train.optimizer=sgd",
+]
 
 
 def build(fakes, cfg, world: int, rank: int):
-    from detmine.engine.trainer import Trainer, seed_everything
+    """The real builders over the fake parts (the detmine loader shards the batches)."""
+    from detmine.engine import builders
+    from detmine.engine.checkpoint import seed_everything
 
     seed_everything(0)
     model = fakes.FakeDetector(dropout=0.0, batchnorm=False)
     train_ds = fakes.FakeDetectionDataset(16, noise=False)
     val_ds = fakes.FakeDetectionDataset(5, noise=False)
-    per_rank = cfg.train.batch_size // world
-    return Trainer(
-        cfg,
-        model=model,
-        criterion=fakes.FakeCriterion(per_image=True),
-        train_loader=fakes.make_loader(train_ds, per_rank, seed=3, num_replicas=world, rank=rank),
-        val_loader=fakes.make_loader(val_ds, 2, shuffle=False, num_replicas=world, rank=rank),
-        val_dataset=val_ds,
-    )
+    return builders.build_trainer(cfg, model, fakes.FakeCriterion(per_image=True), train_ds, val_ds)
 
 
 def worker(out_dir: str) -> None:
     import conftest as fakes
 
-    from detmine.engine import distributed as dist
+    from detmine import distributed as dist
 
     assert dist.init_distributed() and dist.get_world_size() == 2
     rank = dist.get_rank()

@@ -11,7 +11,7 @@ import torch
 
 from detmine.config import load_config
 from detmine.engine import builders
-from detmine.engine.trainer import seed_everything
+from detmine.engine.checkpoint import seed_everything
 from detmine.errors import CheckpointError
 
 TINY_MODEL = [

@@ -209,13 +209,18 @@ class GroundTruthDetector:
         logits[owner, torch.arange(len(boxes)), column] = 12.0
         if softmax:
             logits[..., 0] = torch.where(logits.amax(-1) > 0, -12.0, 12.0)
-        outputs = HeadOutputs(logits, torch.zeros(len(targets), len(boxes), 4), boxes)
+        outputs = HeadOutputs(
+            logits,
+            torch.zeros(len(targets), len(boxes), 4),
+            boxes,
+            cls_activation=self.model.cls_activation,
+            level_counts=(len(boxes),),
+        )
         return self.model.postprocess(
             outputs,
             image_shape=tuple(images.shape[-2:]),
             input_sizes=input_sizes,
             orig_sizes=orig_sizes,
-            level_counts=[len(boxes)],
             **options,
         )
 

@@ -153,7 +153,8 @@ def test_rng_state_is_weights_only_and_resumes_exactly(tmp_path):
 
 def test_trainer_checkpoints_load_weights_only(fakes, tmp_path):
     """Every checkpoint the trainer writes (periodic, and best.pth from the same state_dict) loads with torch.load(weights_only=True)."""
-    from detmine.engine.trainer import Trainer, seed_everything
+    from detmine.engine import builders
+    from detmine.engine.checkpoint import seed_everything
 
     cfg = fakes.tiny_config(
         tmp_path,
@@ -163,15 +164,13 @@ def test_trainer_checkpoints_load_weights_only(fakes, tmp_path):
         "train.ema=true",
     )
     seed_everything(0)
-    trainer = Trainer(
-        cfg,
-        model=fakes.FakeDetector(),
-        criterion=fakes.FakeCriterion(),
-        train_loader=fakes.make_loader(fakes.FakeDetectionDataset(8), 4),
+    trainer = builders.build_trainer(
+        cfg, fakes.FakeDetector(), fakes.FakeCriterion(), fakes.FakeDetectionDataset(8), None
     )
     trainer.train()
-    trainer.evaluate = lambda: None  # best.pth is the same state_dict(); write it directly
-    save_checkpoint(tmp_path / "run" / "best.pth", trainer.state_dict())
+    # best.pth is the checkpoint hook's state (the same as the periodic ones): write it directly
+    checkpoint_hook = next(h for h in trainer.hooks if h.name == "checkpoint")
+    save_checkpoint(tmp_path / "run" / "best.pth", checkpoint_hook.state(trainer))
     files = sorted((tmp_path / "run").glob("*.pth"))
     assert {p.name for p in files} == {"model_0000002.pth", "model_0000003.pth", "best.pth"}
     for path in files:

@@ -13,27 +13,18 @@ import torch
 import yaml
 
 from detmine.config import config_from_dict, save_config
-from detmine.engine.checkpoint import load_checkpoint
-from detmine.engine.trainer import Trainer, seed_everything
+from detmine.engine import builders
+from detmine.engine.checkpoint import load_checkpoint, seed_everything
 from detmine.errors import NonFiniteError
 
 
 def make_trainer(fakes, cfg, criterion=None, model_seed=0, val=False):
     seed_everything(model_seed)
     model = fakes.FakeDetector()
-    train_loader = fakes.make_loader(
-        fakes.FakeDetectionDataset(12), cfg.train.batch_size, seed=cfg.train.seed
-    )
     val_ds = fakes.FakeDetectionDataset(6, noise=False) if val else None
-    val_loader = fakes.make_loader(val_ds, 3, shuffle=False) if val else None
     seed_everything(cfg.train.seed)
-    return Trainer(
-        cfg,
-        model=model,
-        criterion=criterion or fakes.FakeCriterion(),
-        train_loader=train_loader,
-        val_loader=val_loader,
-        val_dataset=val_ds,
+    return builders.build_trainer(
+        cfg, model, criterion or fakes.FakeCriterion(), fakes.FakeDetectionDataset(12), val_ds
     )
 
 
@@ -50,10 +41,10 @@ class InterruptingCriterion:
     def to(self, device):
         return self
 
-    def __call__(self, outputs, anchors, targets):
+    def __call__(self, outputs, targets):
         if self.inner.calls + 1 == self.at:
             raise Interrupt
-        return self.inner(outputs, anchors, targets)
+        return self.inner(outputs, targets)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +112,11 @@ def test_outputs_config_metrics_checkpoints(fakes, tmp_path):
     assert (run / "latest").read_text().strip() == "model_0000006.pth"
     assert list(run.glob("events.out.tfevents.*"))
     state = load_checkpoint(run / "model_0000006.pth")
-    assert state["iteration"] == 6 and state["sampler"] == {"epoch": 1, "batch_in_epoch": 3}
+    assert state["iteration"] == 6 and state["sampler"] == {
+        "epoch": 1,
+        "batch_in_epoch": 3,
+        "loader": {"epoch": 1, "batches_consumed": 3},  # the detmine loader's own position
+    }
     # warmup 2, step at 4 (gamma 0.1): lr after the run = 0.05 * 0.1
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
 
@@ -135,7 +130,7 @@ def test_periodic_evaluation_keeps_best(fakes, tmp_path):
     evals = [r for r in records if r["type"] == "eval"]
     assert [r["iteration"] for r in evals] == [3, 6]
     best = load_checkpoint(tmp_path / "run" / "best.pth")
-    assert best["best_metric"] == pytest.approx(max(r["AP"] for r in evals))
+    assert best["hooks"]["evaluation"]["best_metric"] == pytest.approx(max(r["AP"] for r in evals))
     assert best["ema"] is not None
 
 

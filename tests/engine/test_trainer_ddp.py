@@ -58,7 +58,7 @@ def _worker(rank: int, world: int, init_file: str, run_dir: str, what: str) -> N
         fakes = _fakes()
         torch.manual_seed(0)
         cfg = fakes.tiny_config(Path(run_dir), "train.max_iters=6", "train.on_nonfinite=skip")
-        criterion = build_criterion("sigmoid", BoxCoder(), {}, {}, {"type": "all"})
+        criterion = build_criterion("sigmoid", BoxCoder(), mining={"type": "all"})
         model = _OnRank1(fakes.FakeDetector(dropout=0.0, batchnorm=False), at=3, what=what)
         trainer = builders.build_trainer(
             cfg, model, criterion, fakes.FakeDetectionDataset(), fakes.FakeDetectionDataset(6)

@@ -20,8 +20,7 @@ import yaml
 
 from detmine.config import load_config, save_config
 from detmine.engine import builders
-from detmine.engine.checkpoint import load_checkpoint
-from detmine.engine.trainer import seed_everything
+from detmine.engine.checkpoint import load_checkpoint, seed_everything
 from detmine.errors import CheckpointError, ConfigError, NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,7 +320,7 @@ def real_criterion_trainer(fakes, cfg, model):
     from detmine.box_coder import BoxCoder
     from detmine.criterion import build_criterion
 
-    criterion = build_criterion("sigmoid", BoxCoder(), {}, {}, {"type": "all"})
+    criterion = build_criterion("sigmoid", BoxCoder(), mining={"type": "all"})
     return builders.build_trainer(
         cfg, model, criterion, fakes.FakeDetectionDataset(), fakes.FakeDetectionDataset(6)
     )
@@ -343,3 +342,35 @@ def test_nonfinite_head_outputs_stop_naming_iteration_and_checkpoint(fakes, tmp_
     message = str(info.value)
     assert "cls_logits contains NaN" in message and "at iteration 4" in message
     assert str(tmp_path / "run" / "model_0000003.pth") in message and "\n" not in message
+
+
+# ----------------------------------------------------------------------------- validation loss
+
+
+def test_validation_loss_is_logged_and_changes_nothing(tmp_path, synthetic_root):
+    finals = {}
+    for val_loss in (True, False):
+        cfg = tiny_config(
+            tmp_path / str(val_loss),
+            synthetic_root,
+            "data.num_workers=0",
+            "train.max_iters=4",
+            "eval.period=2",
+            f"eval.val_loss={str(val_loss).lower()}",
+            "mining=random",  # a miner with its own random generator
+        )
+        trainer = build(cfg)
+        trainer.train()
+        finals[val_loss] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        records = [
+            json.loads(line) for line in (tmp_path / str(val_loss) / "metrics.jsonl").read_text().splitlines()
+        ]
+        val = [r for r in records if r["type"] == "val"]
+        if val_loss:
+            assert [r["iteration"] for r in val] == [2, 4]
+            assert all(
+                r["loss"] > 0 and r["loss"] == pytest.approx(r["loss_cls"] + r["loss_box"]) for r in val
+            )
+        else:
+            assert val == []
+    assert_same_weights(finals[True], finals[False])

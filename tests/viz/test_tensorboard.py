@@ -315,7 +315,6 @@ def test_trainer_logs_mining_and_evaluation_end_to_end(tmp_path):
     from detmine.config import load_config
     from detmine.data.synthetic import ensure_synthetic
     from detmine.engine import builders
-    from detmine.engine.trainer import Trainer
 
     data = ensure_synthetic(tmp_path / "syn", num_train=4, num_val=2, size=64, workers=1, progress=False)
     cfg = load_config(
@@ -344,14 +343,8 @@ def test_trainer_logs_mining_and_evaluation_end_to_end(tmp_path):
     )
     train_ds, val_ds = builders.build_datasets(cfg)
     model = builders.build_model_from_config(cfg, train_ds.num_classes)
-    Trainer(
-        cfg,
-        model=model,
-        criterion=builders.build_criterion_from_config(cfg, model),
-        train_loader=builders.build_train_loader(cfg, train_ds),
-        val_loader=builders.build_val_loader(cfg, val_ds),
-        val_dataset=val_ds,
-        class_names=train_ds.class_names,
+    builders.build_trainer(
+        cfg, model, builders.build_criterion_from_config(cfg, model), train_ds, val_ds
     ).train()
     ea = _read(tmp_path / "run")
     tags = ea.Tags()

@@ -1,0 +1,160 @@
+"""Data from the config: the synthetic set on first use, the datasets with their transforms
+(evaluation in the training geometry), VOC class names shared by every split, and the loaders
+(padded as the model declares)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from detmine import distributed as dist
+from detmine.components import check_names, check_options
+from detmine.config import Config
+from detmine.errors import ConfigError
+
+
+def prepare_data(cfg: Config) -> None:
+    """Generate the synthetic dataset on first use (idempotent; a no-op for COCO/VOC)."""
+    if cfg.data.kind == "synthetic":
+        from detmine.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.data.root, progress=dist.is_main_process(), **cfg.data.synthetic)
+
+
+EVAL_GEOMETRY_KEYS = ("square", "max_size", "min_box_size")
+
+
+def eval_transform_options(cfg: Config) -> dict[str, Any]:
+    """Keyword options of the ``eval`` preset: the geometry the recipe trains with.
+
+    A fixed ``image_size`` square after the ``ssd`` (and ``eval``) training presets; after
+    ``retinanet`` the shorter side resized to ``image_size`` with the aspect ratio kept and the
+    longer side capped at the training ``max_size`` (or a square when the training transform
+    has ``square: true``). ``data.eval_transform_options`` overrides any of these. The eval
+    preset never flips or crops.
+    """
+    d = cfg.data
+    train_opts = dict(d.transform_options)
+    if d.train_transform == "retinanet":
+        options: dict[str, Any] = {"square": bool(train_opts.get("square", False))}
+        if "max_size" in train_opts:
+            options["max_size"] = train_opts["max_size"]
+    else:
+        options = {"square": True}
+    if "min_box_size" in train_opts:
+        options["min_box_size"] = train_opts["min_box_size"]
+    extra = dict(d.eval_transform_options)
+    check_names(extra, EVAL_GEOMETRY_KEYS, "data.eval_transform_options", note=" (evaluation never augments)")
+    options.update(extra)
+    return options
+
+
+def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
+    """One split of the configured dataset with the training or evaluation transform."""
+    from detmine.data import build_dataset
+    from detmine.data.transforms import build_transforms
+
+    d = cfg.data
+    if train:
+        t_opts = dict(d.transform_options)
+        check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
+        transform = build_transforms(d.train_transform, d.image_size, **t_opts)
+    else:
+        transform = build_transforms("eval", d.image_size, **eval_transform_options(cfg))
+    options = dict(d.options) if train else {**d.options, **d.val_options}
+    if d.kind == "voc" and options.get("class_names") is None:
+        options["class_names"] = voc_class_names(cfg)
+    return build_dataset(d.kind, d.root, split, transform=transform, on_bad_image=d.on_bad_image, **options)
+
+
+def voc_class_names(cfg: Config) -> list[str]:
+    """The class names of a VOC-format dataset without ``data.options.class_names``: discovered
+    from the TRAINING split's annotations, so every split and tool shares one mapping."""
+    from detmine.data.voc import discover_class_names
+
+    d = cfg.data
+    years = {"years": d.options["years"]} if "years" in d.options else {}
+    return discover_class_names(d.root, split=d.train_split, **years)
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any]:
+    """``(train_dataset, val_dataset)`` of the configured data. VOC class names discovered from
+    the annotations are written into ``cfg.data.options.class_names``, so the run's
+    config.yaml keeps the mapping for evaluation and prediction."""
+    train_set = build_dataset_split(cfg, cfg.data.train_split, True)
+    if cfg.data.kind == "voc" and cfg.data.options.get("class_names") is None:
+        cfg.data.options["class_names"] = list(train_set.class_names)
+        if dist.is_main_process():
+            print(
+                f"VOC split {cfg.data.train_split!r}: data.options.class_names not given; using the "
+                f"{len(train_set.class_names)} classes of its annotations: {train_set.class_names} "
+                "(saved in the run's config.yaml; set data.options.class_names to choose the order)"
+            )
+    return train_set, build_dataset_split(cfg, cfg.data.val_split, False)
+
+
+def per_process_batch(global_batch: int, what: str = "train.batch_size") -> int:
+    world = dist.get_world_size()
+    if global_batch % world:
+        raise ConfigError(
+            f"{what}={global_batch} is the global batch and must be divisible by the {world} processes"
+        )
+    return global_batch // world
+
+
+def batch_geometry(model: nn.Module | None) -> dict[str, Any]:
+    """``size_divisible`` / ``pad_value`` of the loader for ``model``: the input divisibility the
+    model declares (1 for fixed-size SSD, so 300 px stays 300 px) and its normalisation mean in
+    0..255 pixels (padding becomes zero after normalisation)."""
+    if model is None:
+        return {}
+    out: dict[str, Any] = {}
+    if hasattr(model, "size_divisible"):
+        out["size_divisible"] = int(model.size_divisible)
+    if hasattr(model, "pad_value"):
+        out["pad_value"] = tuple(float(v) for v in model.pad_value)
+    return out
+
+
+def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
+    """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
+    sharded over the processes when distributed; per-process batch = global / world size;
+    batches padded as ``model`` declares (:func:`batch_geometry`)."""
+    from detmine.data.loader import build_dataloader
+
+    opts = dict(cfg.data.loader_options)
+    check_options(build_dataloader, opts, "data.loader_options", skip=("dataset", "batch_size", "train"))
+    return build_dataloader(
+        dataset,
+        per_process_batch(cfg.train.batch_size),
+        train=True,
+        num_workers=cfg.data.num_workers,
+        distributed=dist.get_world_size() > 1,
+        seed=cfg.train.seed,
+        **{**batch_geometry(model), **opts},
+    )
+
+
+def build_val_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
+    """The evaluation loader (in order, sharded when distributed), optionally the first
+    ``eval.max_images`` images only; batches padded as ``model`` declares."""
+    from torch.utils.data import Subset
+
+    from detmine.data.loader import build_dataloader
+
+    if cfg.eval.max_images > 0 and cfg.eval.max_images < len(dataset):
+        dataset = Subset(dataset, range(cfg.eval.max_images))
+    batch = max(1, cfg.eval.batch_size // dist.get_world_size())
+    return build_dataloader(
+        dataset,
+        batch,
+        train=False,
+        num_workers=cfg.data.num_workers,
+        distributed=dist.get_world_size() > 1,
+        seed=cfg.train.seed,
+        **batch_geometry(model),
+    )
+
+
+# ----------------------------------------------------------------------------- model / criterion

@@ -1,0 +1,124 @@
+"""The detector and its criterion from the config, and weights into a detector (fine-tuning,
+the tools)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from detmine import distributed as dist
+from detmine.components import check_options
+from detmine.config import Config
+from detmine.errors import ConfigError
+
+
+def build_model_from_config(
+    cfg: Config, num_classes: int, *, load_weights: bool = True, trust_checkpoint: bool = False
+) -> nn.Module:
+    """``build_model(model.name, num_classes, **model.options)``, then ``model.weights`` if set
+    (and ``load_weights``)."""
+    from detmine import modeling
+
+    name, options = cfg.model.name, dict(cfg.model.options)
+    table = getattr(modeling, "MODELS", None)
+    if isinstance(table, dict):
+        if name not in table:
+            hint = difflib.get_close_matches(name, list(table), n=1)
+            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ConfigError(
+                f"config key 'model.name' is {name!r}; {did_you_mean}valid models: {', '.join(table)}"
+            )
+        check_options(table[name], options, "model.options", skip=("num_classes",))
+    model = modeling.build_model(name, num_classes, **options)
+    if cfg.model.weights and load_weights:
+        load_model_weights(model, cfg.model.weights, cfg=cfg, trusted=trust_checkpoint)
+    return model
+
+
+def _warn_input_size(state: dict[str, Any], cfg: Config | None, path: str | Path) -> None:
+    saved = state.get("config")
+    trained = saved.get("data", {}).get("image_size") if isinstance(saved, dict) else None
+    if cfg is not None and trained is not None and trained != cfg.data.image_size and dist.is_main_process():
+        print(
+            f"warning: {path} was trained at data.image_size={trained}, this run uses "
+            f"{cfg.data.image_size}; detections may be worse at a size the model has not seen"
+        )
+
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, *, cfg: Config | None = None, trusted: bool = False
+) -> list[str]:
+    """Initialise the detector from a checkpoint (its EMA weights when it has them), an exported
+    ``.safetensors`` or a bare state dict, loading every tensor that fits (fine-tuning with
+    another number of classes keeps the new classifier). Returns the names of the tensors
+    left at their initialisation, which are also printed."""
+    from detmine.engine.checkpoint import load_checkpoint, load_model_state, select_weights
+
+    state = load_checkpoint(path, trusted=trusted)
+    weights, _ = select_weights(state, "auto", str(path))
+    skipped = load_model_state(model, weights, source=str(path), partial=True)
+    if skipped and dist.is_main_process():
+        shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+        print(
+            f"note: model.weights {path}: {len(skipped)} tensors do not fit and keep their initialisation: {shown}"
+        )
+    _warn_input_size(state, cfg, path)
+    return skipped
+
+
+@dataclass
+class DetectorWeights:
+    """The weights a tool chose from a checkpoint: ``state_dict``, ``which`` (``ema`` |
+    ``model``), the checkpoint's saved ``config`` (or None) and its ``path``."""
+
+    state_dict: dict[str, Any]
+    which: str
+    config: dict[str, Any] | None
+    path: str
+
+
+def read_detector_weights(
+    checkpoint: str | Path, *, weights: str = "auto", trusted: bool = False
+) -> DetectorWeights:
+    """Read a checkpoint / ``.safetensors`` / bare state dict and pick its ``weights`` (``auto``:
+    the EMA when it has one, as the trainer evaluates). Fails fast, before any data work."""
+    from detmine.engine.checkpoint import load_checkpoint, select_weights
+
+    state = load_checkpoint(checkpoint, trusted=trusted)
+    chosen, which = select_weights(state, weights, str(checkpoint))
+    config = state.get("config") if isinstance(state.get("config"), dict) else None
+    return DetectorWeights(chosen, which, config, str(checkpoint))
+
+
+def load_detector(
+    cfg: Config, num_classes: int, weights: DetectorWeights, *, device: Any = "cpu"
+) -> nn.Module:
+    """The detector of ``cfg`` with ``weights`` (see :func:`read_detector_weights`), in eval mode
+    on ``device``, for every tool (evaluate, visualise, export, predict). Weights that do not fit
+    raise one line naming the first mismatching tensors with both shapes."""
+    from detmine.engine.checkpoint import load_model_state
+
+    model = build_model_from_config(cfg, num_classes, load_weights=False)
+    load_model_state(model, weights.state_dict, source=weights.path)
+    _warn_input_size({"config": weights.config}, cfg, weights.path)
+    return model.to(device).eval()
+
+
+def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
+    """The criterion for ``model``'s head (activation, box coder) from the ``matching``,
+    ``loss`` and ``mining`` sections (unset components: the head's defaults)."""
+    import dataclasses
+
+    from detmine.criterion import build_criterion
+
+    return build_criterion(
+        model.cls_activation,
+        model.box_coder,
+        matching=dataclasses.asdict(cfg.matching),
+        loss=cfg.loss.criterion_options(),
+        mining=cfg.mining.criterion_options(),
+    )

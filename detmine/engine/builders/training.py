@@ -1,0 +1,293 @@
+"""The training run from the config: device and precision, EMA / SyncBN / DDP, optimiser and
+schedule, the run folder (refused, cleared or resumed), the hooks, and the trainer that runs
+them -- every decision the trainer must not make."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detmine import distributed as dist
+from detmine.config import Config, config_to_dict, save_config
+from detmine.engine.builders.data import build_train_loader, build_val_loader
+from detmine.engine.checkpoint import CheckpointManager
+from detmine.engine.console import log
+from detmine.engine.resume import ConfigChanges, check_resume_config
+from detmine.engine.safe_io import atomic_write_text, write_error
+from detmine.errors import CheckpointError, ConfigError
+
+
+def train_device(name: str) -> torch.device:
+    """``train.device``: auto | cpu | cuda (this process's GPU under torchrun)."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    return torch.device("cuda", dist.get_local_rank())
+
+
+def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:
+    """``(max_iters, multistep steps in iterations)``: ``train.max_iters`` with steps in
+    iterations, or ``train.epochs`` with steps in epochs."""
+    t = cfg.train
+    if t.max_iters > 0:
+        return t.max_iters, [int(s) for s in t.steps]
+    iters_per_epoch = max(1, int(iters_per_epoch))
+    return math.ceil(t.epochs * iters_per_epoch), [round(s * iters_per_epoch) for s in t.steps]
+
+
+def build_optimization(cfg: Config, model: nn.Module, device: torch.device, max_iters: int, steps: list[int]):
+    """``(model (maybe DDP-wrapped), ema, optimizer, scheduler, scaler, amp_dtype)``: the model
+    moved to ``device``, SyncBN under several processes, the EMA of the bare model, the
+    optimiser over its parameters, the warmup schedule and the fp16 GradScaler."""
+    from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
+
+    t = cfg.train
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp) if device.type == "cuda" else None
+    model = model.to(device)
+    if cfg.model.sync_bn and dist.get_world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = ModelEMA(model, t.ema_decay, t.ema_tau) if t.ema else None
+    optimizer = build_optimizer(
+        model,
+        name=t.optimizer,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        betas=t.betas,
+        decay_norm_and_bias=t.decay_norm_and_bias,
+    )
+    if dist.get_world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    scheduler = WarmupScheduler(
+        optimizer,
+        max_iters=max_iters,
+        schedule=t.lr_schedule,
+        steps=steps,
+        gamma=t.gamma,
+        min_lr_ratio=t.min_lr_ratio,
+        warmup_iters=t.warmup_iters,
+        warmup_factor=t.warmup_factor,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return model, ema, optimizer, scheduler, scaler, amp_dtype
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+class RunFolder:
+    """``output_dir`` of one run: never two runs mixed in it.
+
+    A fresh run into a folder that holds checkpoints or metrics is refused unless
+    ``overwrite`` (which deletes them first); a resumed run checks the checkpoint's config
+    (:mod:`detmine.engine.resume`), keeps the history of accepted changes in the header of
+    ``config.yaml`` and cuts ``metrics.jsonl`` back to the resumed iteration.
+    """
+
+    def __init__(
+        self, cfg: Config, *, overwrite: bool, allow_config_change: bool, trust_checkpoint: bool
+    ) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.output_dir)
+        self.overwrite = overwrite
+        self.allow_config_change = allow_config_change
+        self.trust_checkpoint = trust_checkpoint
+        self.checkpoints = CheckpointManager(self.path, keep_last=cfg.train.keep_last)
+        self.history: list[str] = []
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def open(self) -> tuple[dict[str, Any] | None, ConfigChanges]:
+        """Prepare the folder; returns ``(checkpoint state to resume from or None, changes)``.
+        Every process reads and checks; the main one clears and writes."""
+        resuming = self.cfg.train.resume
+        state = (
+            self.checkpoints.load_latest(map_location="cpu", trusted=self.trust_checkpoint)
+            if resuming
+            else None
+        )
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"output_dir {self.path} is a file, not a folder")
+        if not resuming and (self.checkpoints.has_checkpoints() or self.metrics.is_file()):
+            if not self.overwrite:
+                raise ConfigError(
+                    f"output_dir {self.path} already holds a run; continue it with --resume, "
+                    "or pass --overwrite to delete its checkpoints and metrics and start again"
+                )
+            if dist.is_main_process():
+                self.checkpoints.clear()
+                self.metrics.unlink(missing_ok=True)
+                for events in self.path.glob("events.out.tfevents.*"):
+                    events.unlink()
+            dist.barrier()
+        if dist.is_main_process() and self.path.is_dir():
+            self.checkpoints.remove_stale_tmp()
+        if resuming and state is None and dist.is_main_process():
+            log(f"note: no checkpoint in {self.path} to resume from; starting from scratch")
+        changes = ConfigChanges()
+        if state is not None:
+            changes = check_resume_config(
+                state.get("config"),
+                config_to_dict(self.cfg),
+                allow_change=self.allow_config_change,
+                source=str(self.checkpoints.latest()),
+            )
+            self.history = self._previous_history()
+            if changes.recorded:
+                described = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.recorded.items())
+                self.history.append(
+                    f"resumed at iteration {int(state['iteration'])} with changes: {described}"
+                )
+        if dist.is_main_process():
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_error(self.path, exc, "run folder") from None
+            save_config(self.cfg, self.path / "config.yaml", header=self.history)
+        return state, changes
+
+    def _previous_history(self) -> list[str]:
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            return []
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("# "):
+                break
+            lines.append(line[2:])
+        return lines
+
+    def truncate_metrics(self, iteration: int) -> None:
+        """Drop the records a killed run wrote after ``iteration`` (its checkpoint)."""
+        if not dist.is_main_process() or not self.metrics.is_file():
+            return
+        lines = self.metrics.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if int(json.loads(line).get("iteration", 0)) <= iteration:
+                    kept.append(line)
+            except (ValueError, AttributeError):
+                continue  # a line cut short by the kill
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics, "".join(line + "\n" for line in kept), what="metrics file")
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def build_hooks(cfg: Config, run: RunFolder, val_loader: Any, val_set: Any, class_names: Any) -> list[Any]:
+    """Logging, evaluation + validation loss (with a validation set), mined-negative pictures
+    (``vis.period > 0``) and checkpoints -- in the order they run after each step."""
+    from detmine.engine.eval_hooks import EvaluationHook, ValidationLossHook
+    from detmine.engine.hooks import CheckpointHook, LoggingHook, MiningVisHook, RunOutputs
+
+    outputs = RunOutputs(run.path)
+    hooks: list[Any] = [LoggingHook(outputs, period=cfg.train.log_period, batch_size=cfg.train.batch_size)]
+    if val_loader is not None:
+        hooks.append(
+            EvaluationHook(
+                val_loader,
+                val_set,
+                outputs,
+                period=cfg.eval.period,
+                backend=cfg.eval.backend,
+                predict_options=cfg.eval.postprocess.options(),
+            )
+        )
+        if cfg.eval.val_loss:
+            hooks.append(ValidationLossHook(val_loader, outputs, period=cfg.eval.period))
+    if cfg.vis.period > 0 and outputs.writer is not None:
+        from detmine.viz.tensorboard import MiningVisualizer
+
+        hooks.append(
+            MiningVisHook(
+                MiningVisualizer(
+                    outputs.writer,
+                    cfg.vis.period,
+                    num_images=cfg.vis.num_images,
+                    top_k=cfg.vis.top_k,
+                    class_names=class_names,
+                )
+            )
+        )
+    extra = {"config": config_to_dict(cfg), "class_names": list(class_names) if class_names else None}
+    hooks.append(CheckpointHook(run.checkpoints, period=cfg.train.checkpoint_period, extra=extra))
+    return hooks
+
+
+def build_trainer(
+    cfg: Config,
+    model: nn.Module,
+    criterion: nn.Module,
+    train_set: Any,
+    val_set: Any,
+    *,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
+    trust_checkpoint: bool = False,
+) -> Any:
+    """A ready :class:`~detmine.engine.trainer.Trainer` for ``cfg``: loaders over the two
+    datasets, optimisation parts, hooks, and -- with ``train.resume`` -- the state of the
+    newest checkpoint in ``output_dir`` restored (see :class:`RunFolder` for the folder rules;
+    ``trust_checkpoint`` allows a checkpoint that needs full unpickling)."""
+    from detmine.engine.trainer import Trainer
+
+    device = train_device(cfg.train.device)
+    train_loader = build_train_loader(cfg, train_set, model)
+    val_loader = build_val_loader(cfg, val_set, model) if val_set is not None else None
+    max_iters, steps = schedule_length(cfg, len(train_loader))
+    class_names = list(getattr(train_set, "class_names", []) or []) or None
+    run = RunFolder(
+        cfg, overwrite=overwrite, allow_config_change=allow_config_change, trust_checkpoint=trust_checkpoint
+    )
+    state, changes = run.open()
+    net, ema, optimizer, scheduler, scaler, amp_dtype = build_optimization(
+        cfg, model, device, max_iters, steps
+    )
+    trainer = Trainer(
+        model=net,
+        criterion=criterion.to(device),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        data_loader=train_loader,
+        hooks=build_hooks(cfg, run, val_loader, val_set, class_names),
+        max_iters=max_iters,
+        device=device,
+        amp_dtype=amp_dtype,
+        grad_scaler=scaler,
+        clip_grad_norm=cfg.train.clip_grad_norm,
+        on_nonfinite=cfg.train.on_nonfinite,
+        ema=ema,
+    )
+    if state is None:
+        if cfg.train.resume:
+            run.truncate_metrics(0)
+        return trainer
+    source = str(run.checkpoints.latest())
+    trainer.load_state_dict(state, source=source, fresh_optimizer="train.optimizer" in changes.other)
+    if "hooks" not in state and state.get("best_metric") is not None:  # a checkpoint of detmine 0.1
+        for hook in trainer.hooks:
+            if hook.name == "evaluation":
+                hook.load_state_dict({"best_metric": state["best_metric"]})
+    run.truncate_metrics(trainer.iteration)
+    if dist.is_main_process():
+        log(f"resumed from {source} at iteration {trainer.iteration}")
+        if changes.length:
+            log(
+                f"warning: training length changed ({changes.describe('length')}); the learning-rate "
+                f"schedule is re-stretched over {max_iters} iterations"
+            )
+        if changes.other:
+            log(f"warning: resuming with a changed config: {changes.describe()}")
+    return trainer

@@ -1,0 +1,146 @@
+"""Periodic views of the validation split: COCO evaluation and the validation loss.
+
+Both run every ``period`` iterations (0: only at the end) and at the end of training, on the
+EMA weights when there are (as the reported AP) or the model, inside
+:func:`~detmine.engine.checkpoint.preserved_rng`, and give the model back in training mode:
+they never change what training does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from detmine import distributed as dist
+from detmine.engine.checkpoint import preserved_rng
+from detmine.engine.hooks import RunOutputs
+from detmine.engine.trainer import HookBase, Trainer, targets_to, unwrap
+
+
+def _eval_model(trainer: Trainer) -> torch.nn.Module:
+    return trainer.ema.module if trainer.ema is not None else unwrap(trainer.model)
+
+
+class _Periodic(HookBase):
+    """Runs :meth:`run` every ``period`` iterations and once more at the end when the last
+    iteration was not on the period."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.period > 0 and trainer.iteration % self.period == 0:
+            self.run(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.period <= 0 or trainer.iteration % self.period != 0:
+            self.run(trainer)
+
+    def run(self, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+
+class EvaluationHook(_Periodic):
+    """COCO evaluation (:func:`detmine.engine.evaluator.evaluate`) of the validation loader:
+    stats and per-class AP to metrics.jsonl (``type: eval``) and TensorBoard, the result in
+    ``trainer.storage["eval"]``, and ``storage["new_best"]`` when AP improved (the checkpoint
+    hook then writes ``best.pth``)."""
+
+    name = "evaluation"
+
+    def __init__(
+        self,
+        loader: Any,
+        dataset: Any,
+        outputs: RunOutputs,
+        *,
+        period: int,
+        backend: str,
+        predict_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(period)
+        self.loader, self.dataset, self.outputs = loader, dataset, outputs
+        self.backend = backend
+        self.predict_options = dict(predict_options or {})
+        self.best_metric: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_metric = state.get("best_metric")
+
+    def run(self, trainer: Trainer) -> None:
+        from detmine.engine.evaluator import evaluate
+
+        gather = dist.all_gather_object if dist.get_world_size() > 1 else None
+        with preserved_rng():
+            result = evaluate(
+                _eval_model(trainer),
+                self.loader,
+                self.dataset,
+                predict_options=self.predict_options,
+                backend=self.backend,
+                device=trainer.device,
+                gather_fn=gather,
+                progress=trainer.is_main,
+            )
+        trainer.model.train()
+        ap = dist.broadcast_object(float(result.stats["AP"]) if result is not None else None)
+        if self.best_metric is None or (ap is not None and ap > self.best_metric):
+            self.best_metric = ap
+            trainer.storage["new_best"] = True
+        if trainer.is_main and result is not None:
+            trainer.storage["eval"] = result
+            per_class = {f"AP/{name}": float(v) for name, v in result.per_class_ap.items()}
+            self.outputs.write_metrics(
+                {"type": "eval", "iteration": trainer.iteration, **result.stats, **per_class}
+            )
+            self.outputs.add_scalars("eval", dict(result.stats), trainer.iteration)
+            if self.outputs.writer is not None:
+                from detmine.viz.tensorboard import log_evaluation
+
+                log_evaluation(self.outputs.writer, result, trainer.iteration)
+
+
+class ValidationLossHook(_Periodic):
+    """The criterion on the validation loader under ``no_grad``: the mean of each loss over
+    the batches (and processes), logged as ``type: val`` records and ``val/*`` scalars next to
+    the AP. It runs on a copy of the criterion in eval mode -- the EMA normaliser and the
+    miners' random generators of the training criterion stay untouched -- and inside
+    :func:`preserved_rng`, so training ends with the same weights with or without it."""
+
+    def __init__(self, loader: Any, outputs: RunOutputs, *, period: int) -> None:
+        super().__init__(period)
+        self.loader, self.outputs = loader, outputs
+
+    @torch.no_grad()
+    def run(self, trainer: Trainer) -> None:
+        model = _eval_model(trainer)
+        was_training = model.training
+        criterion = copy.deepcopy(trainer.criterion).eval()
+        sums: dict[str, torch.Tensor] = {}
+        batches = 0
+        with preserved_rng():
+            model.eval()
+            try:
+                for images, targets in self.loader:
+                    outputs = model(images.to(trainer.device))
+                    losses, _ = criterion(outputs, targets_to(targets, trainer.device))
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    batches += 1
+            finally:
+                model.train(was_training)
+        trainer.model.train()
+        count = torch.tensor(float(batches), device=trainer.device)
+        totals = dist.reduce_dict({**sums, "_batches": count}, average=False) if sums else {}
+        if not totals or not trainer.is_main:
+            return
+        n = max(1.0, float(totals.pop("_batches")))
+        means = {f"loss_{k}": float(v) / n for k, v in totals.items()}
+        means = {"loss": sum(means.values()), **means}
+        self.outputs.write_metrics({"type": "val", "iteration": trainer.iteration, **means})
+        self.outputs.add_scalars("val", means, trainer.iteration)
