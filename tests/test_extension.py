@@ -9,7 +9,7 @@ import torch
 
 from detmine.config import load_config
 from detmine.engine import builders
-from detmine.engine.checkpoint import seed_everything
+from detmine.engine.run_state import seed_everything
 from detmine.errors import ConfigError
 from detmine.losses import CLS_LOSSES
 from detmine.mining import MINERS

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from detmine import distributed as dist
     from detmine.engine import builders
-    from detmine.engine.checkpoint import seed_everything
+    from detmine.engine.run_state import seed_everything
 
     start = time.perf_counter()
     dist.init_distributed()

@@ -2,7 +2,7 @@
 
 Both run every ``period`` iterations (0: only at the end) and at the end of training, on the
 EMA weights when there are (as the reported AP) or the model, inside
-:func:`~detmine.engine.checkpoint.preserved_rng`, and give the model back in training mode:
+:func:`~detmine.engine.run_state.preserved_rng`, and give the model back in training mode:
 they never change what training does.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from detmine import distributed as dist
-from detmine.engine.checkpoint import preserved_rng
 from detmine.engine.hooks import RunOutputs
+from detmine.engine.run_state import preserved_rng
 from detmine.engine.trainer import HookBase, Trainer, targets_to, unwrap
 
 

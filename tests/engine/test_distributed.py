@@ -29,7 +29,7 @@ OVERRIDES = [
 def build(fakes, cfg, world: int, rank: int):
     """The real builders over the fake parts (the detmine loader shards the batches)."""
     from detmine.engine import builders
-    from detmine.engine.checkpoint import seed_everything
+    from detmine.engine.run_state import seed_everything
 
     seed_everything(0)
     model = fakes.FakeDetector(dropout=0.0, batchnorm=False)

@@ -11,7 +11,7 @@ import torch
 
 from detmine.config import load_config
 from detmine.engine import builders
-from detmine.engine.checkpoint import seed_everything
+from detmine.engine.run_state import seed_everything
 from detmine.errors import CheckpointError
 
 TINY_MODEL = [

@@ -17,10 +17,9 @@ from detmine.engine.checkpoint import (
     CheckpointManager,
     UnsafeCheckpointError,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
+from detmine.engine.run_state import rng_state, set_rng_state
 from detmine.errors import CheckpointError
 
 
@@ -154,7 +153,7 @@ def test_rng_state_is_weights_only_and_resumes_exactly(tmp_path):
 def test_trainer_checkpoints_load_weights_only(fakes, tmp_path):
     """Every checkpoint the trainer writes (periodic, and best.pth from the same state_dict) loads with torch.load(weights_only=True)."""
     from detmine.engine import builders
-    from detmine.engine.checkpoint import seed_everything
+    from detmine.engine.run_state import seed_everything
 
     cfg = fakes.tiny_config(
         tmp_path,

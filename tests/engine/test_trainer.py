@@ -14,7 +14,8 @@ import yaml
 
 from detmine.config import config_from_dict, save_config
 from detmine.engine import builders
-from detmine.engine.checkpoint import load_checkpoint, seed_everything
+from detmine.engine.checkpoint import load_checkpoint
+from detmine.engine.run_state import seed_everything
 from detmine.errors import NonFiniteError
 
 

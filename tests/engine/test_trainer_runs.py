@@ -20,7 +20,8 @@ import yaml
 
 from detmine.config import load_config, save_config
 from detmine.engine import builders
-from detmine.engine.checkpoint import load_checkpoint, seed_everything
+from detmine.engine.checkpoint import load_checkpoint
+from detmine.engine.run_state import seed_everything
 from detmine.errors import CheckpointError, ConfigError, NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[2]
