@@ -69,12 +69,9 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
         raise ConfigError(f"--metrics {args.metrics!r}: expected a comma-separated subset of coco,voc")
     device = pick_device(args.device or cfg.train.device)
 
-    weights = builders.read_detector_weights(
-        args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint
-    )  # fail fast
-    builders.prepare_data(cfg)
-    dataset = builders.build_dataset_split(cfg, split, train=False)
-    model = builders.load_detector(cfg, dataset.num_classes, weights, device=device)
+    model, dataset, weights = builders.detector_for_split(
+        cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
+    )
     which = weights.which
     loader = builders.build_val_loader(cfg, dataset, model)
 

@@ -92,12 +92,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.data.val_split
     device = pick_device(args.device or cfg.train.device)
-    weights = builders.read_detector_weights(
-        args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint
-    )  # fail fast
-    builders.prepare_data(cfg)
-    dataset = builders.build_dataset_split(cfg, split, train=False)
-    model = builders.load_detector(cfg, dataset.num_classes, weights, device=device)
+    model, dataset, _ = builders.detector_for_split(
+        cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
+    )
     criterion = builders.build_criterion_from_config(cfg, model).to(device)
 
     n_gallery = len(dataset) if args.gallery_images == 0 else min(args.gallery_images, len(dataset))

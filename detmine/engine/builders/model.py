@@ -122,3 +122,23 @@ def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
         loss=cfg.loss.criterion_options(),
         mining=cfg.mining.criterion_options(),
     )
+
+
+def detector_for_split(
+    cfg: Config,
+    split: str,
+    checkpoint: str | Path,
+    *,
+    weights: str = "auto",
+    trusted: bool = False,
+    device: Any = "cpu",
+) -> tuple[nn.Module, Any, DetectorWeights]:
+    """What every tool over a trained detector starts with: the checkpoint's weights (read
+    first, so a bad file fails before any data work), the data prepared, ``split`` with the
+    evaluation transform, and the detector loaded. Returns ``(model, dataset, weights)``."""
+    from detmine.engine.builders.data import build_dataset_split, prepare_data
+
+    chosen = read_detector_weights(checkpoint, weights=weights, trusted=trusted)
+    prepare_data(cfg)
+    dataset = build_dataset_split(cfg, split, train=False)
+    return load_detector(cfg, dataset.num_classes, chosen, device=device), dataset, chosen
