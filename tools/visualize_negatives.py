@@ -80,11 +80,11 @@ def write_png(path: Path, image_rgb: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
-    from tqdm import tqdm
 
     from detmine.config import load_config
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
+    from detmine.engine.console import Progress
     from detmine.engine.trainer import targets_to
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     seen = drawn = 0
-    progress = tqdm(total=n_total, desc="negatives", unit="img", disable=args.no_progress, dynamic_ncols=True)
+    progress = Progress(n_total, "negatives", unit="img", enabled=not args.no_progress)
     with torch.no_grad():
         for step, (images, targets) in enumerate(loader):
             images = images.to(device)

@@ -51,10 +51,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from detmine.data import _shapes
 from detmine.data._voc_writer import write_voc_layout
+from detmine.engine.console import Progress
 from detmine.errors import DataError
 
 CLASS_NAMES: list[str] = [spec[0] for spec in _shapes.CLASS_SPECS]
@@ -235,7 +235,7 @@ def generate(
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         flags = _empty_flags(seed, split, n)
         tasks += [(str(out), seed, split, i, size, bool(flags[i])) for i in range(n)]
-    bar = tqdm(total=len(tasks), desc=f"synthetic -> {out}", unit="img", disable=not progress)
+    bar = Progress(len(tasks), f"synthetic -> {out}", unit="img", enabled=progress)
     if workers > 0:
         with mp.get_context("spawn").Pool(workers) as pool:
             results = []

@@ -1,4 +1,4 @@
-"""Training engine: the trainer, checkpoints, optimisation, distributed helpers, evaluation.
+"""Training engine: builders, the trainer and its hooks, checkpoints, optimisation, evaluation.
 
 ``from detmine.engine import Trainer`` works; submodules are imported on first use so that
 ``import detmine.engine.evaluator`` stays light.

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from detmine import distributed
+from detmine.engine import console
 from detmine.engine.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
 from detmine.engine.coco_table import (
     COCO_STAT_NAMES,
@@ -329,7 +329,7 @@ def evaluate(
         dataset: the dataset behind ``loader`` (ground truth + category mapping).
         backend, metrics, gather_fn, is_main: see :class:`CocoEvaluator`.
         device: where to run the model (default: the device of its first parameter).
-        progress: show a tqdm bar (main rank only).
+        progress: show progress (a bar on a terminal, lines in a log file; main rank only).
         results_path: also write the COCO results JSON there (main rank, all ranks' detections).
         predict_options: post-processing keywords of ``predict`` (``score_thresh``,
             ``topk_candidates``, ``nms_thresh``, ``detections_per_img``: the config's
@@ -346,8 +346,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        bar = tqdm(loader, desc="eval", disable=not (progress and evaluator.is_main), dynamic_ncols=True)
-        for images, targets in bar:
+        batches = console.progress(loader, "eval", unit="batch", enabled=progress and evaluator.is_main)
+        for images, targets in batches:
             if len(targets) == 0:
                 continue
             with torch.no_grad():

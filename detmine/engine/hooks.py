@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from detmine import distributed as dist
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
-from detmine.engine.console import log
+from detmine.engine.console import Progress, format_duration, log
 from detmine.engine.safe_io import write_error
 from detmine.engine.trainer import HookBase, Trainer
 
@@ -70,13 +69,13 @@ class LoggingHook(HookBase):
         self.batch_size = batch_size
         self._sums: dict[str, torch.Tensor] = {}
         self._window = (0, time.perf_counter())
-        self._bar: tqdm | None = None
+        self._bar: Progress | None = None
 
     def before_train(self, trainer: Trainer) -> None:
-        if trainer.is_main:
-            self._bar = tqdm(
-                total=trainer.max_iters, initial=trainer.iteration, desc="train", dynamic_ncols=True
-            )
+        # on a terminal a bar; in a log file no redraws, only the lines of write()
+        self._bar = Progress(
+            trainer.max_iters, "train", initial=trainer.iteration, enabled=trainer.is_main, every=0
+        )
         self._window = (trainer.iteration, time.perf_counter())
 
     def after_step(self, trainer: Trainer) -> None:
@@ -115,9 +114,16 @@ class LoggingHook(HookBase):
         self.outputs.write_metrics(record)
         keys = ("loss", "lr", "images_per_s", *(k for k in record if k.startswith("loss_")))
         self.outputs.add_scalars("train", {k: record[k] for k in keys}, trainer.iteration)
-        if self._bar is not None:
+        if self._bar is not None and self._bar.bar is not None:
             self._bar.set_postfix(
                 loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"
+            )
+        else:
+            losses = "  ".join(f"{k} {float(v):.4f}" for k, v in means.items())
+            log(
+                f"iter {trainer.iteration}/{trainer.max_iters}  loss {record['loss']:.4f} ({losses})  "
+                f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s  "
+                f"eta {format_duration(record['eta_s'])}"
             )
 
     def after_train(self, trainer: Trainer) -> None:

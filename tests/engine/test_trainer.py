@@ -261,3 +261,7 @@ def test_cli_trains_and_prints_the_coco_table(tmp_path, synthetic_root):
     assert "Average Precision" in proc.stdout and "AP50" in proc.stdout
     assert (tmp_path / "run" / "model_0000002.pth").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
+    # output to a pipe (a log file): plain lines, no progress-bar redraws
+    assert "\r" not in proc.stdout + proc.stderr
+    assert "iter 1/2  loss " in proc.stdout and "iter 2/2  loss " in proc.stdout
+    assert "eval: " in proc.stdout and "ETA" in proc.stdout
