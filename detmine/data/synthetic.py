@@ -223,6 +223,10 @@ def _coco_json(records: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+#: fewer images than this are generated in-process whatever ``workers`` says.
+PARALLEL_MIN_IMAGES = 256
+
+
 def generate(
     out: str | Path, *, num_train: int, num_val: int, size: int, seed: int, voc: bool,
     workers: int = 2, progress: bool = True,
@@ -236,7 +240,9 @@ def generate(
         flags = _empty_flags(seed, split, n)
         tasks += [(str(out), seed, split, i, size, bool(flags[i])) for i in range(n)]
     bar = Progress(len(tasks), f"synthetic -> {out}", unit="img", enabled=progress)
-    if workers > 0:
+    # Worker processes only pay off for large sets; in-process, a small set also works from a
+    # script without an ``if __name__ == "__main__"`` guard (spawned workers re-import it).
+    if workers > 0 and len(tasks) >= PARALLEL_MIN_IMAGES:
         with mp.get_context("spawn").Pool(workers) as pool:
             results = []
             for r in pool.imap(_make_image, tasks, chunksize=32):
