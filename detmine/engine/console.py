@@ -59,12 +59,14 @@ class Progress:
     ) -> None:
         self.total, self.desc, self.unit = int(total), desc, unit
         self.count = self.start = int(initial)
-        self.every = max(1, self.total // 10) if every is None else every
+        if every is None:  # a tenth of the total; every 50 when the total is unknown (0)
+            every = max(1, self.total // 10) if self.total > 0 else 50
+        self.every = every
         self._t0 = time.perf_counter()
         self.bar: tqdm | None = None
         self.plain = False
         if enabled and interactive():
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+            self.bar = tqdm(total=total or None, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
         elif enabled:
             self.plain = self.every > 0
 
@@ -75,6 +77,9 @@ class Progress:
         elif self.plain and (self.count % self.every < n or self.count == self.total):
             elapsed = time.perf_counter() - self._t0
             rate = (self.count - self.start) / elapsed if elapsed > 0 else 0.0
+            if self.total <= 0:
+                log(f"{self.desc}: {self.count} {self.unit} ({rate:.1f} {self.unit}/s)")
+                return
             eta = (self.total - self.count) / rate if rate > 0 else 0.0
             log(
                 f"{self.desc}: {self.count}/{self.total} {self.unit} "
@@ -94,7 +99,10 @@ class Progress:
 def progress(iterable: Iterable[T], desc: str, *, total: int | None = None, **options: Any) -> Iterator[T]:
     """Iterate ``iterable`` showing :class:`Progress` (``total`` defaults to its length)."""
     if total is None:
-        total = len(iterable)  # type: ignore[arg-type]
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:  # a generator: count without a total
+            total = 0
     bar = Progress(total, desc, **options)
     try:
         for item in iterable:

@@ -49,3 +49,11 @@ def test_disabled_and_silent_progress_print_nothing(monkeypatch):
 
 def test_format_duration():
     assert [console.format_duration(s) for s in (5, 312, 3720)] == ["5s", "5m12s", "1h02m"]
+
+
+def test_a_generator_without_length_is_counted(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", _Pipe())
+    monkeypatch.setattr("sys.stdout", out)
+    assert sum(console.progress((i for i in range(120)), "eval")) == sum(range(120))
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["50", "100"]
