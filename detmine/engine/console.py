@@ -60,7 +60,7 @@ class Progress:
         self.total, self.desc, self.unit = int(total), desc, unit
         self.count = self.start = int(initial)
         if every is None:  # a tenth of the total; every 50 when the total is unknown (0)
-            every = max(1, self.total // 10) if self.total > 0 else 50
+            every = -(-self.total // 10) if self.total > 0 else 50
         self.every = every
         self._t0 = time.perf_counter()
         self.bar: tqdm | None = None
