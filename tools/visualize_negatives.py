@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from detmine.config import load_config
+    from detmine.console import Progress
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
-    from detmine.engine.console import Progress
     from detmine.engine.trainer import targets_to
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image

@@ -52,9 +52,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detmine.console import Progress
 from detmine.data import _shapes
 from detmine.data._voc_writer import write_voc_layout
-from detmine.engine.console import Progress
 from detmine.errors import DataError
 
 CLASS_NAMES: list[str] = [spec[0] for spec in _shapes.CLASS_SPECS]

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detmine import distributed
-from detmine.engine import console
+from detmine import console, distributed
 from detmine.engine.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
 from detmine.engine.coco_table import (
     COCO_STAT_NAMES,

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from detmine import distributed as dist
+from detmine.console import Progress, format_duration, log
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
-from detmine.engine.console import Progress, format_duration, log
 from detmine.engine.safe_io import write_error
 from detmine.engine.trainer import HookBase, Trainer
 

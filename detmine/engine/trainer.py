@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from detmine import distributed as dist
+from detmine.console import log
 from detmine.engine.checkpoint import load_model_state
-from detmine.engine.console import log
 from detmine.engine.run_state import DataStream, rng_state, set_rng_state
 from detmine.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from detmine.structures import Target

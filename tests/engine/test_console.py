@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from detmine.engine import console
+from detmine import console
 
 
 class _Pipe(io.StringIO):

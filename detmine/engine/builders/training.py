@@ -14,9 +14,9 @@ from torch import nn
 
 from detmine import distributed as dist
 from detmine.config import Config, config_to_dict, save_config
+from detmine.console import log
 from detmine.engine.builders.data import build_train_loader, build_val_loader
 from detmine.engine.checkpoint import CheckpointManager
-from detmine.engine.console import log
 from detmine.engine.resume import ConfigChanges, check_resume_config
 from detmine.engine.safe_io import atomic_write_text, write_error
 from detmine.errors import CheckpointError, ConfigError
