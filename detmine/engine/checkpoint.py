@@ -134,7 +134,8 @@ class CheckpointManager:
     after :meth:`load_latest` (resume) those of the run it continues, up to the iteration it
     resumed from. The file just written is never deleted, so ``latest`` always names an
     existing file. Checkpoints of an older run in the same folder are left alone:
-    :meth:`prepare_run` refuses to start a fresh run among them (or :meth:`clear`\\ s them).
+    the run folder (:class:`detmine.engine.builders.RunFolder`) refuses to start a fresh run among
+    them, or :meth:`clear`\\ s them with ``--overwrite``.
     """
 
     def __init__(self, directory: str | Path, keep_last: int = 3) -> None:
@@ -236,30 +237,6 @@ class CheckpointManager:
     def remove_stale_tmp(self) -> list[Path]:
         """Delete the ``.<name>.<random>.tmp`` files an interrupted write left in the folder."""
         return remove_stale_tmp(self.directory)
-
-    def prepare_run(self, *, resume: bool, overwrite: bool = False) -> list[Path]:
-        """What the trainer does on start (rank 0): remove stale temporary files; then, for a
-        fresh run (not ``resume``) in a folder that holds checkpoints, :meth:`clear` them with
-        ``overwrite``, else refuse. Returns the files removed.
-
-        Raises:
-            CheckpointError: a fresh run into a folder with checkpoints, without ``overwrite``
-                (names the folder, its newest checkpoint and the two ways on).
-        """
-        removed = self.remove_stale_tmp()
-        if resume or not self.has_checkpoints():
-            return removed
-        if overwrite:
-            return removed + self.clear()
-        found = self.existing()
-        newest = self.latest()
-        shown = newest.name if newest is not None and newest.is_file() else found[0].name
-        more = f" and {len(found) - 1} more file(s)" if len(found) > 1 else ""
-        raise CheckpointError(
-            f"output_dir {self.directory} already holds checkpoints of a run ({shown}{more}); "
-            "pass --resume to continue it, --overwrite to delete them and start afresh, "
-            "or choose another output_dir"
-        )
 
 
 def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:

@@ -103,20 +103,15 @@ def test_resumed_run_rotates_the_checkpoints_it_continues(tmp_path):
     assert [p.name for p in resumed.periodic()] == [f"model_00000{i}0.pth" for i in (2, 3, 4)]
 
 
-def test_has_checkpoints_clear_and_prepare_run(tmp_path):
+def test_has_checkpoints_and_clear(tmp_path):
+    # the refusal of a fresh run among them is the run folder's (tests/engine/test_trainer_runs.py)
     manager = CheckpointManager(tmp_path / "run")
-    assert not manager.has_checkpoints() and manager.prepare_run(resume=False) == []
+    assert not manager.has_checkpoints() and manager.clear() == []
     _old_run(tmp_path / "run")
     save_checkpoint(tmp_path / "run" / "best.pth", {"iteration": 900})
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     assert manager.has_checkpoints()
-    assert manager.prepare_run(resume=True) == []  # resuming keeps everything
-    with pytest.raises(CheckpointError) as info:
-        manager.prepare_run(resume=False)
-    msg = str(info.value)
-    assert "already holds checkpoints" in msg and "model_0001000.pth" in msg and "--overwrite" in msg
-    assert "--resume" in msg and "\n" not in msg
-    removed = manager.prepare_run(resume=False, overwrite=True)
+    removed = manager.clear()
     assert {p.name for p in removed} == {"model_0000900.pth", "model_0001000.pth", "latest", "best.pth"}
     assert not manager.has_checkpoints() and manager.latest() is None
     assert (tmp_path / "run" / "metrics.jsonl").is_file()  # the caller's business
