@@ -106,10 +106,13 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def pick_device(name: str) -> torch.device:
-    """The device for ``name`` in auto | cpu | cuda (the local rank's GPU under torchrun)."""
+def pick_device(name: str, *, key: str | None = None) -> torch.device:
+    """The device for ``name`` in auto | cpu | cuda (the local rank's GPU under torchrun);
+    ``key`` names the config key it came from in the error (default: the ``--device`` flag)."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
+        if key is not None:
+            raise ConfigError(f"{key}=cuda but no CUDA device is available; use {key}=auto or cpu")
         raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
     return torch.device("cuda", get_local_rank())

@@ -39,7 +39,6 @@ from detmine.engine.builders.training import (
     build_optimization,
     build_trainer,
     schedule_length,
-    train_device,
 )
 
 __all__ = [
@@ -64,6 +63,5 @@ __all__ = [
     "prepare_data",
     "read_detector_weights",
     "schedule_length",
-    "train_device",
     "voc_class_names",
 ]

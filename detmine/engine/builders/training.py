@@ -22,15 +22,6 @@ from detmine.engine.safe_io import atomic_write_text, write_error
 from detmine.errors import CheckpointError, ConfigError
 
 
-def train_device(name: str) -> torch.device:
-    """``train.device``: auto | cpu | cuda (this process's GPU under torchrun)."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-    return torch.device("cuda", dist.get_local_rank())
-
-
 def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:
     """``(max_iters, multistep steps in iterations)``: ``train.max_iters`` with steps in
     iterations, or ``train.epochs`` with steps in epochs."""
@@ -243,7 +234,7 @@ def build_trainer(
     ``trust_checkpoint`` allows a checkpoint that needs full unpickling)."""
     from detmine.engine.trainer import Trainer
 
-    device = train_device(cfg.train.device)
+    device = dist.pick_device(cfg.train.device, key="train.device")
     train_loader = build_train_loader(cfg, train_set, model)
     val_loader = build_val_loader(cfg, val_set, model) if val_set is not None else None
     max_iters, steps = schedule_length(cfg, len(train_loader))
