@@ -1,33 +1,164 @@
-"""The constructor is the schema: generic checks of component names and options.
+"""The one table type for every kind of component, and the one coercion rule for option values.
 
-Every kind of component (miner, classification loss, box loss, model, ...) has one explicit
-``name -> class`` table (``detmine.mining.MINERS``, ``detmine.losses.CLS_LOSSES``, ...). The
-options a component accepts are its constructor's keyword arguments and nothing else: no
-config dataclass or key tuple repeats them. These functions check a name against a table and
-options against a constructor, with one-line "did you mean" errors::
+Every kind of component -- models, classification and box losses, miners, matcher presets,
+transform presets, hooks -- is an entry of a :class:`ComponentTable` (``detmine.mining.MINERS``,
+``detmine.losses.CLS_LOSSES``, ``detmine.engine.hooks.HOOKS`` ...). The table owns
 
-    check_component(CLS_LOSSES, "focal", {"alpah": 1}, "loss")
-    # ConfigError: unknown config key 'loss.focal.alpah' for FocalLoss; did you mean
-    #              'loss.focal.alpha'? valid options: alpha, gamma, class_weights
+- name lookup, with a one-line "did you mean" error;
+- the options: the constructor's keyword parameters and their annotated types (the constructor
+  is the schema, written once);
+- coercion of option values (:func:`coerce`: one rule for the command line, YAML and Python; a
+  wrong type names the key, the value and the expected type);
+- the config key the user wrote (passed in by the caller, never hard-coded in a component: a
+  component raises :class:`~detmine.errors.OptionError` naming only its option, the table
+  prefixes the key);
+- construction.
 
-Tables are read when the check runs, so a component registered from outside the package
-(``CLS_LOSSES["my_loss"] = MyLoss``) is accepted like a built-in one. Value checks (ranges,
-types) stay in the constructors, which raise :class:`~detmine.errors.ConfigError` naming the
-config key.
+::
 
-No torch import: the config code uses this module before anything heavy is loaded.
+    MINERS.build("ohem", {"nms_iou": 0.5}, key="mining.ohem", name_key="mining.type")
+    MINERS["hard"] = MyMiner            # or @MINERS.register("hard"), from a plugin
+
+No torch import: the config code uses this module before anything heavy is loaded. See
+docs/architecture.md ("Component tables").
 """
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import dataclasses
 import difflib
+import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Literal, Union
 
-from detmine.errors import ConfigError
+from detmine.errors import ConfigError, OptionError
 
 _OPTION_KINDS = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of an annotation: ``one of 'a', 'b'``, ``int or null``, ``a list of float``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, cabc.Sequence):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        return f"a list of {type_name(args[0])}"
+    if origin in (dict, cabc.Mapping):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any value"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}' expects {type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _literal_error(key: str, tp: Any, choices: Sequence[Any], value: Any) -> ConfigError:
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"config key '{key}' must be {type_name(tp)}, got {value!r}{extra}")
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, widen: bool) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if widen else value
+        if isinstance(value, str) and "e" in value.lower():  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    raise _type_error(key, tp, value)
+
+
+def coerce(
+    value: Any,
+    tp: Any,
+    key: str,
+    *,
+    widen: bool = True,
+    section: Callable[[type, dict[str, Any], str], Any] | None = None,
+) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it (the one coercion rule).
+
+    Supported: ``bool``, ``int``, ``float`` (an int is accepted; ``widen`` turns it into a float;
+    a string in exponent notation such as ``"1e-3"``, which YAML 1.1 reads as a string, is parsed), ``str``, ``None``, ``Literal``, unions, lists / sequences /
+    tuples (a list or tuple of items, each checked; returned as a list), dicts / mappings,
+    ``Any``, and dataclass sections through ``section(cls, values, key)``. Any other annotation
+    (a class such as ``Tensor``) is not checked here: the constructor receives the value as it is.
+
+    Raises:
+        ConfigError: one line naming ``key``, the value and the expected type (the closest
+            choice for a ``Literal``).
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise _literal_error(key, tp, choices, value)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        for option in options:
+            try:
+                return coerce(value, option, key, widen=widen, section=section)
+            except ConfigError:
+                continue
+        literals = [o for o in options if typing.get_origin(o) is Literal]
+        if literals and isinstance(value, str):
+            raise _literal_error(key, tp, typing.get_args(literals[0]), value)
+        raise _type_error(key, tp, value)
+    if origin in (list, tuple, cabc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        item = args[0] if origin is not tuple or len(args) == 1 else Any
+        return [coerce(v, item, f"{key}[{i}]", widen=widen, section=section) for i, v in enumerate(value)]
+    if origin in (dict, cabc.Mapping) or tp in (dict, cabc.Mapping):
+        if not isinstance(value, dict):
+            raise _type_error(key, tp, value)
+        return dict(value)
+    if tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        return list(value)
+    if dataclasses.is_dataclass(tp) and section is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section and expects a mapping, got {value!r}")
+        return section(typing.cast(type, tp), value, key)
+    if tp in (bool, int, float, str, type(None)):
+        return _coerce_scalar(value, tp, key, widen)
+    return value  # a class the config cannot spell (Tensor, a callable): the constructor checks it
+
+
+# ----------------------------------------------------------------------------- names and options
 
 
 def _parameters(cls_or_fn: Callable) -> Mapping[str, inspect.Parameter]:
@@ -40,6 +171,19 @@ def component_options(cls_or_fn: Callable) -> list[str]:
     signature order: its keyword-only and positional-or-keyword parameters (``self``
     excluded; ``*args`` / ``**kwargs`` are not options)."""
     return [name for name, p in _parameters(cls_or_fn).items() if p.kind in _OPTION_KINDS]
+
+
+def option_types(cls_or_fn: Callable) -> dict[str, Any]:
+    """``{option: annotation}`` of a constructor / builder (``Any`` where none is given or it
+    cannot be resolved)."""
+    target = cls_or_fn.__init__ if inspect.isclass(cls_or_fn) else cls_or_fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an annotation naming something not importable here: check nothing
+        hints = {}
+    return {name: hints.get(name, Any) for name in component_options(cls_or_fn)}
 
 
 def _closest(name: str, valid: Sequence[str]) -> str | None:
@@ -84,22 +228,199 @@ def check_names(
             )
 
 
-def check_options(fn: Callable, options: Iterable[str], key: str, skip: Sequence[str] = ()) -> None:
-    """Raise :class:`ConfigError` when ``options`` holds a keyword that ``fn`` (a class or a
-    function) does not accept; a ``**kwargs`` signature accepts anything (it validates its own
-    options).
+def check_options(
+    fn: Callable, options: Mapping[str, Any] | Iterable[str], key: str, skip: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Check ``options`` against the keyword parameters of ``fn`` (a class or a function) and,
+    for a mapping, coerce each value to its annotation (:func:`coerce`, ints not widened so the
+    constructor sees the value as written). Returns the coerced options.
+
+    A ``**kwargs`` signature accepts any name (it validates its own options).
 
     Args:
         fn: the constructor / builder the options are passed to.
-        options: the option names (e.g. a dict of options).
+        options: the options (a mapping, or only their names).
         key: the config path of the options (``"model.options"``, ``"loss.focal"``).
         skip: parameters the caller passes itself (not the user's to set there).
     """
     params = _parameters(fn)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [name for name in component_options(fn) if name not in skip]
-    check_names(options, valid, key, f" for {getattr(fn, '__name__', fn)}")
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [name for name in component_options(fn) if name not in skip]
+        check_names(options, valid, key, f" for {getattr(fn, '__name__', fn)}")
+    if not isinstance(options, Mapping):
+        return {}
+    types_ = option_types(fn)
+    return {
+        name: coerce(value, types_.get(name, Any), f"{key}.{name}", widen=False)
+        for name, value in options.items()
+    }
+
+
+def lookup(table: Mapping[str, Any], name: str, name_key: str) -> Any:
+    """``table[name]``, or a one-line :class:`ConfigError`: ``config key 'mining.type' is 'ohm';
+    did you mean 'ohem'? valid: 'all', 'ssd', 'ohem', 'random'``."""
+    if isinstance(name, str) and name in table:
+        return table[name]
+    hint = _closest(str(name), list(table))
+    did_you_mean = f"did you mean {hint!r}? " if hint else ""
+    raise ConfigError(
+        f"config key '{name_key}' is {name!r}; {did_you_mean}valid: {', '.join(repr(n) for n in table) or '(none)'}"
+    )
+
+
+def construct(factory: Callable, options: Mapping[str, Any], key: str, **passed: Any) -> Any:
+    """``factory(**passed, **options)``; an :class:`OptionError` it raises becomes a
+    :class:`ConfigError` naming ``{key}.{option}``; the built object learns ``config_key``."""
+    try:
+        built = factory(**passed, **options)
+    except OptionError as exc:
+        raise ConfigError(f"{key}.{exc.option} {exc.message}") from None
+    try:
+        built.config_key = key
+    except (AttributeError, TypeError):
+        pass  # a builder's product that takes no attributes (a tuple, a slotted object)
+    return built
+
+
+class ComponentTable(MutableMapping[str, Any]):
+    """``name -> class / builder`` for one kind of component.
+
+    A mapping (``MINERS["hard"] = MyMiner`` registers, ``"ohem" in MINERS`` looks up), read when
+    a check runs, so components registered from outside the package (``plugins:``) are valid like
+    the built-in ones.
+
+    Args:
+        kind: what the entries are, for messages (``"miner"``).
+        entries: the built-in entries.
+        passed: constructor parameters the builder passes itself (``num_classes`` of a model),
+            not options a user sets.
+    """
+
+    def __init__(self, kind: str, entries: Mapping[str, Any] | None = None, *, passed: Sequence[str] = ()):
+        self.kind = kind
+        self.passed = tuple(passed)
+        self._entries: dict[str, Any] = dict(entries or {})
+
+    # mapping protocol
+    def __getitem__(self, name: str) -> Any:
+        return self._entries[name]
+
+    def __setitem__(self, name: str, factory: Any) -> None:
+        if not callable(factory):
+            raise TypeError(f"a {self.kind} must be a class or a builder function, got {factory!r}")
+        self._entries[name] = factory
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ComponentTable({self.kind!r}: {', '.join(self._entries)})"
+
+    def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        """Decorator: ``@MINERS.register("hard")`` adds the class under ``name`` (its
+        ``__name__`` lower-cased when omitted) and returns it unchanged."""
+
+        def add(factory: Any) -> Any:
+            self[name or factory.__name__.lower()] = factory
+            return factory
+
+        return add
+
+    def options(self, name: str) -> list[str]:
+        """The options entry ``name`` accepts (its keyword parameters, less ``passed``)."""
+        return [o for o in component_options(self[name]) if o not in self.passed]
+
+    def get_entry_options(self, name: str, *, name_key: str) -> list[str]:
+        """:meth:`options` of the entry, after a "did you mean" lookup naming ``name_key``."""
+        self.get_entry(name, name_key=name_key)
+        return self.options(name)
+
+    def get_entry(self, name: str, *, name_key: str) -> Any:
+        """The entry, or a "did you mean" :class:`ConfigError` naming ``name_key``."""
+        return lookup(self, name, name_key)
+
+    def check(
+        self, name: str, options: Mapping[str, Any] | None, *, key: str, name_key: str
+    ) -> dict[str, Any]:
+        """Check that ``name`` is an entry and that ``options`` fit its constructor (names and
+        annotated types); returns the coerced options. ``key`` is where the options live
+        (``"mining.ohem"``), ``name_key`` where the name was written (``"mining.type"``)."""
+        factory = self.get_entry(name, name_key=name_key)
+        return check_options(factory, dict(options or {}), key, skip=self.passed)
+
+    def build(
+        self,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        key: str,
+        name_key: str | None = None,
+        **passed: Any,
+    ) -> Any:
+        """:meth:`check`, then construct with ``passed`` (e.g. ``num_classes``) and the options;
+        value errors the constructor raises (:class:`~detmine.errors.OptionError`) name
+        ``{key}.{option}``."""
+        checked = self.check(name, options, key=key, name_key=name_key or key)
+        return construct(self[name], checked, key, **passed)
+
+
+def check_section(
+    values: Mapping[str, Any],
+    *,
+    key: str,
+    fields: Sequence[str],
+    tables: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, str | None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Check a component section (``loss``, ``mining``): ``{field: value, <component name>:
+    {options}}``, where the value of each field in ``tables`` names an entry of that table.
+
+    - a key that is neither a field nor a component name is one line; when it is an option of
+      a component it is pointed to its place (``loss.gamma`` -> did you mean ``loss.focal.gamma``,
+      the chosen components first);
+    - each chosen name is an entry of its table ("did you mean");
+    - each ``<name>: {options}`` sub-section fits its constructor (names and types), also for
+      components not chosen (a recipe may keep them).
+
+    Args:
+        values: the section as a flat mapping.
+        key: the section's config key (``"loss"``).
+        fields: the section's own keys (``cls``, ``box``, ``box_weight`` ...).
+        tables: ``{field: table}`` for the fields that name components.
+        defaults: ``{field: the name used when the field is null}`` (the head's default), for
+            the "did you mean" order.
+
+    Returns:
+        ``{component name: its coerced options}``, ``None`` values left out (the default).
+    """
+    chosen = {f: values.get(f) or (defaults or {}).get(f) for f in tables}
+    for field_name, name in chosen.items():
+        if values.get(field_name) is not None:
+            lookup(tables[field_name], name, f"{key}.{field_name}")
+    owner_of = {name: f for f, table in tables.items() for name in table}
+    first = [n for n in chosen.values() if n in owner_of]
+    order = first + [n for n in owner_of if n not in first]
+    nested = {n: component_options(tables[owner_of[n]][n]) for n in order}
+    check_names(values, [*fields, *owner_of], key, nested=nested)
+    found: dict[str, dict[str, Any]] = {}
+    for name in owner_of:
+        if name not in values or values[name] is None:
+            continue
+        options = values[name]
+        if not isinstance(options, Mapping):
+            raise ConfigError(
+                f"config key '{key}.{name}' holds the options of {name!r}: a mapping, got {options!r}"
+            )
+        options = {k: v for k, v in options.items() if v is not None}
+        table = tables[owner_of[name]]
+        found[name] = check_options(table[name], options, f"{key}.{name}", skip=getattr(table, "passed", ()))
+    return found
 
 
 def check_component(
@@ -110,34 +431,12 @@ def check_component(
     *,
     field: str = "type",
     skip: Sequence[str] = (),
-) -> None:
-    """Check that ``name`` is in ``table`` and that ``options`` fit its constructor.
-
-    Keys: the name is the value of ``{key}.{field}`` (``mining.type``, ``loss.cls``); its
-    options live under ``{key}.{name}`` (``mining.ohem.nms_iou``, ``loss.focal.gamma``).
-
-    Args:
-        table: the ``name -> class`` table, read now (components registered from outside
-            the package are valid).
-        name: the chosen component.
-        options: its options (a mapping or the option names).
-        key: the config section (``"mining"``, ``"loss"``).
-        field: the section's key that holds the name, for the message.
-        skip: constructor parameters the builder passes itself.
-
-    Raises:
-        ConfigError: one line: ``config key 'mining.type' is 'ohm'; did you mean 'ohem'?
-            valid: 'all', 'ssd', 'ohem', 'random'``, or an unknown option (see
-            :func:`check_names`).
-    """
-    if name not in table:
-        hint = _closest(name, list(table))
-        did_you_mean = f"did you mean {hint!r}? " if hint else ""
-        raise ConfigError(
-            f"config key '{key}.{field}' is {name!r}; {did_you_mean}"
-            f"valid: {', '.join(repr(n) for n in table) or '(none)'}"
-        )
-    check_options(table[name], options, f"{key}.{name}", skip=skip)
+) -> dict[str, Any]:
+    """Check ``name`` against ``table`` (the name written at ``{key}.{field}``) and its options
+    (living under ``{key}.{name}``); returns the coerced options. The functional form of
+    :meth:`ComponentTable.check` for a plain mapping."""
+    factory = lookup(table, name, f"{key}.{field}")
+    return check_options(factory, options, f"{key}.{name}", skip=skip)
 
 
 def build_component(
@@ -148,10 +447,22 @@ def build_component(
     *,
     field: str = "type",
 ) -> Any:
-    """:func:`check_component`, then ``table[name](**options)``."""
-    options = dict(options or {})
-    check_component(table, name, options, key, field=field)
-    return table[name](**options)
+    """:func:`check_component`, then construct (errors name ``{key}.{name}.{option}``)."""
+    checked = check_component(table, name, dict(options or {}), key, field=field)
+    return construct(table[name], checked, f"{key}.{name}")
 
 
-__all__ = ["build_component", "check_component", "check_names", "check_options", "component_options"]
+__all__ = [
+    "ComponentTable",
+    "build_component",
+    "check_component",
+    "check_names",
+    "check_options",
+    "check_section",
+    "coerce",
+    "component_options",
+    "construct",
+    "lookup",
+    "option_types",
+    "type_name",
+]

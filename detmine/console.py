@@ -14,9 +14,20 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
+#: Lines starting with these are diagnostics: they go to stderr, like errors and Python warnings.
+DIAGNOSTIC_PREFIXES = ("warning:", "note:")
+
+
 def log(message: str, *, error: bool = False) -> None:
-    """Print one line without breaking a tqdm bar (stdout, or stderr with ``error``)."""
-    tqdm.write(message, file=sys.stderr if error else sys.stdout)
+    """Print one line without breaking a tqdm bar: progress and results to stdout; errors
+    (``error``) and diagnostics (lines starting with ``warning:`` / ``note:``) to stderr."""
+    to_stderr = error or message.lstrip().startswith(DIAGNOSTIC_PREFIXES)
+    tqdm.write(message, file=sys.stderr if to_stderr else sys.stdout)
+
+
+def warn(message: str) -> None:
+    """``warning: <message>`` on stderr (above any progress bar)."""
+    log(f"warning: {message}")
 
 
 def interactive() -> bool:

@@ -14,6 +14,17 @@ class ConfigError(DetmineError):
     """A config key, type or value is wrong (message names the key and the valid choices)."""
 
 
+class OptionError(ConfigError):
+    """A component's option has a bad value. The component names only its ``option`` (it does
+    not know under which config key it was registered); the component table that built it
+    prefixes the key the user wrote (``mining.ohem.nms_iou must be ...``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option} {message}")
+        self.option = option
+        self.message = message
+
+
 class DataError(DetmineError):
     """A dataset file, annotation or split is unusable (message names the file and the item)."""
 

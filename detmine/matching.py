@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detmine.components import check_component, check_names, component_options
-from detmine.errors import ConfigError, DataError
+from detmine.components import ComponentTable, check_names
+from detmine.errors import DataError, OptionError
 from detmine.structures import Target, head_defaults
 
 
@@ -254,16 +254,14 @@ class Matcher:
         self._cache: tuple[Tensor, AnchorIntervals] | None = None
 
     @classmethod
-    def ssd(cls, **overrides) -> Matcher:
-        """SSD: 0.5 / 0.5 (no ignore band) plus each GT's forced best anchor."""
-        opts = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.5, allow_low_quality=False, force_best_match=True)
-        return cls(**{**opts, **overrides})
+    def ssd(cls, **overrides: Any) -> Matcher:
+        """SSD: 0.5 / 0.5 (no ignore band) plus each GT's forced best anchor (:func:`ssd_matcher`)."""
+        return ssd_matcher(**overrides)
 
     @classmethod
-    def retinanet(cls, **overrides) -> Matcher:
-        """RetinaNet: 0.5 / 0.4 with low-quality matches."""
-        opts = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality=True, force_best_match=False)
-        return cls(**{**opts, **overrides})
+    def retinanet(cls, **overrides: Any) -> Matcher:
+        """RetinaNet: 0.5 / 0.4 with low-quality matches (:func:`retinanet_matcher`)."""
+        return retinanet_matcher(**overrides)
 
     def __repr__(self) -> str:
         return (
@@ -367,33 +365,77 @@ class Matcher:
         labels.masked_fill_((iof >= self.ignore_iof_thresh) & (labels <= 0), -1)
 
 
-#: name -> preset constructor (``matching.preset``); each accepts :class:`Matcher`'s keyword
-#: options as overrides.
-MATCHER_PRESETS = {"ssd": Matcher.ssd, "retinanet": Matcher.retinanet}
+def _matcher(**options: Any) -> Matcher:
+    try:
+        return Matcher(**options)
+    except ValueError as exc:  # the thresholds' order: a relation of two options
+        raise OptionError("bg_iou_thresh", f"and fg_iou_thresh do not fit: {exc}") from None
+
+
+def ssd_matcher(
+    *,
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.5,
+    allow_low_quality: bool = False,
+    force_best_match: bool = True,
+    ignore_iof_thresh: float = 0.5,
+) -> Matcher:
+    """The ``ssd`` preset: 0.5 / 0.5 (no ignore band) plus each GT's forced best anchor."""
+    return _matcher(
+        fg_iou_thresh=fg_iou_thresh,
+        bg_iou_thresh=bg_iou_thresh,
+        allow_low_quality=allow_low_quality,
+        force_best_match=force_best_match,
+        ignore_iof_thresh=ignore_iof_thresh,
+    )
+
+
+def retinanet_matcher(
+    *,
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.4,
+    allow_low_quality: bool = True,
+    force_best_match: bool = False,
+    ignore_iof_thresh: float = 0.5,
+) -> Matcher:
+    """The ``retinanet`` preset: 0.5 / 0.4 with low-quality matches."""
+    return _matcher(
+        fg_iou_thresh=fg_iou_thresh,
+        bg_iou_thresh=bg_iou_thresh,
+        allow_low_quality=allow_low_quality,
+        force_best_match=force_best_match,
+        ignore_iof_thresh=ignore_iof_thresh,
+    )
+
+
+#: name -> preset builder (``matching.preset``); a preset's keyword signature is the schema of
+#: the other ``matching.*`` keys (overrides of its values).
+MATCHER_PRESETS = ComponentTable("matcher preset", {"ssd": ssd_matcher, "retinanet": retinanet_matcher})
 
 
 def build_matcher(preset: str | None = None, *, cls_activation: str = "softmax", **overrides: Any) -> Matcher:
-    """The :data:`MATCHER_PRESETS` entry ``preset`` with :class:`Matcher` keyword ``overrides``.
+    """The :data:`MATCHER_PRESETS` entry ``preset`` with keyword ``overrides`` of its options.
 
     Args:
         preset: ``"ssd"`` (0.5 / 0.5 + each GT's forced best anchor) or ``"retinanet"``
-            (0.5 / 0.4 + low-quality matches); ``None``: the head's default
-            (:data:`~detmine.structures.HEAD_DEFAULTS`: ``ssd`` for softmax heads,
+            (0.5 / 0.4 + low-quality matches), or a registered preset; ``None``: the head's
+            default (:data:`~detmine.structures.HEAD_DEFAULTS`: ``ssd`` for softmax heads,
             ``retinanet`` for sigmoid ones).
         cls_activation: the head's activation, for the default preset.
-        overrides: ``fg_iou_thresh``, ``bg_iou_thresh``, ``allow_low_quality``,
-            ``force_best_match``, ``ignore_iof_thresh``; ``None`` values are dropped (the
-            preset's).
+        overrides: the preset's options (``fg_iou_thresh``, ``bg_iou_thresh``,
+            ``allow_low_quality``, ``force_best_match``, ``ignore_iof_thresh`` for the built-in
+            ones); ``None`` values are dropped (the preset's).
 
     Raises:
-        ConfigError: unknown preset or option ("did you mean"), or inconsistent thresholds.
+        ConfigError: unknown preset or option ("did you mean"), a wrong type, or inconsistent
+            thresholds -- naming the ``matching.*`` key.
     """
     if preset is None:
         preset = head_defaults(cls_activation)["matching"]
-    check_component(MATCHER_PRESETS, preset, {}, "matching", field="preset")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    check_names(overrides, ["preset", *component_options(Matcher)], "matching")
-    try:
-        return MATCHER_PRESETS[preset](**overrides)
-    except ValueError as exc:
-        raise ConfigError(f"matching: {exc}") from None
+    check_names(
+        overrides,
+        ["preset", *MATCHER_PRESETS.get_entry_options(preset, name_key="matching.preset")],
+        "matching",
+    )
+    return MATCHER_PRESETS.build(preset, overrides, key="matching", name_key="matching.preset")

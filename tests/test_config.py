@@ -18,7 +18,7 @@ def write(tmp_path, text: str):
 def test_yaml_and_overrides(tmp_path):
     path = write(
         tmp_path,
-        "model: {name: ssdlite_tiny, options: {width: 16}}\n"
+        "model: {name: ssdlite_tiny, options: {image_size: 128}}\n"
         "mining: {type: ssd, ssd: {neg_pos_ratio: 3, min_negatives: 8}}\n"
         "train: {max_iters: 100, lr: 0.1, steps: [60, 80]}\n",
     )
@@ -28,14 +28,14 @@ def test_yaml_and_overrides(tmp_path):
             "train.lr=1e-3",  # YAML 1.1 reads this as a string: still a float
             "mining=ohem",  # shortcut for mining.type
             "mining.ohem.nms_iou=0.5",
-            "model.options.pretrained=false",
+            "model.options.widths=[8, 16]",
             "data.train_split=2017",  # str field keeps the text
             "train.steps=[10, 20]",
             "model.weights=null",
         ],
     )
     assert isinstance(cfg, Config)
-    assert cfg.model.name == "ssdlite_tiny" and cfg.model.options == {"width": 16, "pretrained": False}
+    assert cfg.model.name == "ssdlite_tiny" and cfg.model.options == {"image_size": 128, "widths": [8, 16]}
     assert cfg.train.lr == 1e-3 and cfg.train.max_iters == 100 and cfg.train.steps == [10.0, 20.0]
     assert cfg.mining.type == "ohem" and cfg.mining.components["ssd"]["min_negatives"] == 8
     assert cfg.mining.components["ohem"] == {"nms_iou": 0.5}  # unset options: the miner's defaults
@@ -90,7 +90,7 @@ def test_file_errors_name_the_file_and_key(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["train.max_iters=10", "mining=random", "model.options={depth: 18}"])
+    cfg = load_config(None, ["train.max_iters=10", "mining=random", "model.options={fpn_channels: 64}"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     again = load_config(path)
     assert again == cfg

@@ -230,6 +230,9 @@ def test_box_loss_beta_and_empty():
     with pytest.raises(ConfigError, match="valid: 'smooth_l1', 'l1', 'giou'"):
         check_component(BOX_LOSSES, "iou", {}, "loss", field="box")
     with pytest.raises(ConfigError, match=r"loss\.smooth_l1\.beta must be >= 0"):
+        BOX_LOSSES.build("smooth_l1", {"beta": -1.0}, key="loss.smooth_l1")
+    # the component names only its option; the table names the key it was registered under
+    with pytest.raises(ConfigError, match=r"^beta must be >= 0"):
         SmoothL1Loss(beta=-1.0)
 
 
@@ -269,11 +272,20 @@ def test_cls_loss_table_fits_each_loss_to_its_head_and_equals_the_functions():
     with pytest.raises(
         ConfigError, match=r"loss\.softmax_ce\.class_weights has 3 values but the softmax head has 4"
     ):
+        CLS_LOSSES.build("softmax_ce", {"class_weights": [1, 2, 3]}, key="loss.softmax_ce")(
+            softmax_logits, labels
+        )
+    with pytest.raises(
+        ConfigError, match=r"^SoftmaxCrossEntropy\.class_weights has 3 values but the softmax head has 4"
+    ):
         SoftmaxCrossEntropy(class_weights=[1, 2, 3])(softmax_logits, labels)
     with pytest.raises(ConfigError, match=r"loss\.balanced_ce\.alpha must lie in \[0, 1\]"):
-        BalancedCrossEntropy(alpha=[0.5, -0.1, 0.2])
+        CLS_LOSSES.build("balanced_ce", {"alpha": [0.5, -0.1, 0.2]}, key="loss.balanced_ce")
     with pytest.raises(ConfigError, match=r"loss\.focal\.gamma must be >= 0"):
-        FocalLoss(gamma=-0.5)
+        CLS_LOSSES.build("focal", {"gamma": -0.5}, key="loss.focal")
+    # registered under another name, a subclass's messages name that name's key
+    with pytest.raises(ConfigError, match=r"^loss\.my_focal\.gamma must be >= 0"):
+        CLS_LOSSES.build("focal", {"gamma": -0.5}, key="loss.my_focal")
     # class weights and alpha are non-persistent buffers: they follow .to() and stay out of checkpoints
     loss = FocalLoss(alpha=alpha, class_weights=weights)
     assert dict(loss.state_dict()) == {}

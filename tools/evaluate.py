@@ -4,11 +4,13 @@
     python tools/evaluate.py CONFIG CHECKPOINT [--split val] [--backend faster_coco_eval|pycocotools]
                              [--weights auto|ema|model] [--out results.json] [key=value ...]
 
-Prints the COCO table and the per-class AP, writes the COCO results JSON (original
-category ids, xywh boxes in original pixels) and ``<out stem>.metrics.json`` next to it.
+Prints the COCO table and the per-class AP, then writes the COCO results JSON (original
+category ids, xywh boxes in original pixels) and ``<out stem>.metrics.json`` next to it; both
+paths are checked before the evaluation starts, and a write that fails afterwards still
+leaves the printed table.
 Several processes: ``torchrun --nproc_per_node N tools/evaluate.py ...`` shards the images
 and gathers the detections on rank 0. Exit status 2 with ``error: <message>`` on a user
-error (bad config, missing data, corrupt checkpoint).
+error (bad config, missing data, corrupt checkpoint, unwritable output).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     from detmine import distributed as dist
     from detmine.engine import builders
     from detmine.engine.evaluator import evaluate
+    from detmine.engine.safe_io import check_writable
 
     split = args.split or cfg.data.val_split
     backend = args.backend or cfg.eval.backend
@@ -68,14 +71,15 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     if metrics is not None and (not metrics or not set(metrics) <= {"coco", "voc"}):
         raise ConfigError(f"--metrics {args.metrics!r}: expected a comma-separated subset of coco,voc")
     device = pick_device(args.device or cfg.train.device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"results_{split}.json"
+    metrics_path = out.with_name(out.stem + ".metrics.json")
+    for path, what in ((out, "results file"), (metrics_path, "metrics file")):  # before any work
+        check_writable(path, what, where="--out")
 
     model, dataset, weights = builders.detector_for_split(
         cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
     )
-    which = weights.which
     loader = builders.build_val_loader(cfg, dataset, model)
-
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"results_{split}.json"
     gather = dist.all_gather_object if dist.get_world_size() > 1 else None
     result = evaluate(
         model,
@@ -86,28 +90,38 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
         gather_fn=gather,
         progress=not args.no_progress,
         metrics=metrics,
-        results_path=out,
         predict_options=cfg.eval.postprocess.options(),
     )
     if result is None:  # not rank 0
         return 0
-    metrics_path = out.with_name(out.stem + ".metrics.json")
+    print(f"{cfg.model.name} on {cfg.data.kind}/{split} ({backend}):")
+    print(result.table, flush=True)  # the numbers first: a failing write below does not lose them
     record = {
         "config": str(args.config),
         "checkpoint": str(args.checkpoint),
         "split": split,
         "backend": backend,
-        "weights": which,
+        "weights": weights.which,
         "num_images": len(loader.dataset),
         **result.to_dict(),
     }
-    with open(metrics_path, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"{cfg.model.name} on {cfg.data.kind}/{split} ({backend}):")
-    print(result.table)
+    _write(out, json.dumps(result.results), "results file")
+    _write(metrics_path, json.dumps(record, indent=2), "metrics file")
     print(f"results: {out}")
     print(f"metrics: {metrics_path}")
     return 0
+
+
+def _write(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` atomically; a failure is one line that says the table above
+    is complete."""
+    from detmine.engine.safe_io import atomic_write_text
+    from detmine.errors import CheckpointError
+
+    try:
+        atomic_write_text(path, text, what=what, where="--out")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; the evaluation above is complete") from None
 
 
 def main(argv: list[str] | None = None) -> int:

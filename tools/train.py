@@ -9,8 +9,9 @@ Overrides use the config's dotted keys, e.g. ``mining=ohem train.lr=0.01 train.m
 The run folder (``output_dir``) receives ``config.yaml`` (the resolved config),
 ``metrics.jsonl``, TensorBoard events, ``model_<iteration>.pth`` checkpoints, ``latest`` and
 ``best.pth``. ``--resume`` continues from the newest checkpoint there (the config may differ
-only in where results go and how the run is watched, or in its length, unless
-``--allow-config-change``); a folder holding another run is refused unless ``--overwrite``.
+only in where results go and how the run is watched, or in its length -- never shorter than
+the checkpoint's iteration -- unless ``--allow-config-change``; a finished run is left as it is);
+a folder holding another run is refused unless ``--overwrite``.
 The synthetic dataset is generated on first use. Ctrl-C / SIGTERM write a checkpoint of the
 current iteration and exit 130 / 143. Exit status 2 with ``error: <message>`` on a user error
 (bad config key or value, missing data, corrupt checkpoint, non-finite loss).
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         except TrainingInterrupted as exc:
             print(f"\n{exc}", file=sys.stderr)
             return exc.exit_code
+        if trainer.storage.get("already_finished"):  # --resume of a finished run: said so, did nothing
+            return 0
         if dist.is_main_process():
             minutes = (time.perf_counter() - start) / 60
             print(

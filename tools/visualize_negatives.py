@@ -21,7 +21,8 @@ Runs the model and the criterion of the recipe over images of a split without tr
 
 With ``--logdir`` the same pictures go to TensorBoard (``negatives/<n>``,
 ``negatives/gallery``) with the mining histograms/scalars of each batch (``mining/...``,
-step = batch index). Exit status 2 with ``error: <message>`` on a user error.
+step = batch index). The output folders are checked before the work starts. Exit status 2
+with ``error: <message>`` on a user error (also an unwritable ``--out-dir`` / ``--logdir``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 
 from detmine.cli import add_checkpoint_arguments, add_overrides_argument, run_tool
@@ -73,9 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_png(path: Path, image_rgb: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image_rgb[..., ::-1]):
-        raise DetmineError(f"could not write {path} (is the folder writable?)")
+    """Write an RGB ``uint8 [H, W, 3]`` picture as a PNG, atomically (one-line error)."""
+    from detmine.engine.safe_io import atomic_write_bytes
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise DetmineError(f"could not encode the picture {path} as PNG")
+    atomic_write_bytes(path, encoded.tobytes(), what="picture", where="--out-dir")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from detmine.console import Progress
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
+    from detmine.engine.safe_io import atomic_write_text, check_writable
     from detmine.engine.trainer import targets_to
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
@@ -92,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.data.val_split
     device = pick_device(args.device or cfg.train.device)
+    out_dir = (
+        Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent / f"negatives_{split}"
+    )
+    check_writable(out_dir, "pictures folder", where="--out-dir", folder=True)  # before any work
+    if args.logdir:
+        check_writable(args.logdir, "TensorBoard folder", where="--logdir", folder=True)
     model, dataset, _ = builders.detector_for_split(
         cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
     )
@@ -107,9 +120,6 @@ def run(args: argparse.Namespace) -> int:
         train=False,
         num_workers=cfg.data.num_workers,
         **builders.batch_geometry(model),
-    )
-    out_dir = (
-        Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent / f"negatives_{split}"
     )
     writer = None
     if args.logdir:
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 image_shape=tuple(images.shape[-2:]),
                 input_sizes=sizes,
                 level_counts=outputs.level_counts,
-                score_thresh=args.score_thresh,
+                **{**cfg.eval.postprocess.options(), "score_thresh": args.score_thresh},
             )
             if writer is not None:
                 stats_logger.log(step, images, targets, outputs, record)
@@ -157,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
 
     grid = gallery.render()
     write_png(out_dir / "gallery.png", grid)
-    (out_dir / "gallery.json").write_text(json.dumps(gallery.to_json(), indent=1))
+    atomic_write_text(
+        out_dir / "gallery.json", json.dumps(gallery.to_json(), indent=1), what="gallery", where="--out-dir"
+    )
     if writer is not None:
         writer.add_image("negatives/gallery", grid, 0, dataformats="HWC")
         writer.close()

@@ -26,95 +26,14 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from detmine.components import coerce, type_name
 from detmine.config.schema import Config, has_components, validate_config
 from detmine.errors import ConfigError
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(item)}"
-    if origin is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{extra}")
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        for option in options:
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        literals = [o for o in options if typing.get_origin(o) is Literal]
-        if literals and isinstance(value, str):  # name the choices and the closest one
-            choices = [str(c) for c in typing.get_args(literals[0])]
-            hint = difflib.get_close_matches(value, choices, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{extra}")
-        raise _type_error(key, tp, value)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, tp, value)
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _type_error(key, tp, value)
-        return dict(value)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _type_error(key, tp, value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(key, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(key, tp, value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' is a section and expects a mapping, got {value!r}")
-        return _build_section(tp, value, key)
-    raise ConfigError(f"config key '{key}' has an unsupported type {tp!r}")  # schema bug
-
-
-def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    """The one coercion rule (:func:`detmine.components.coerce`), sections built here."""
+    return coerce(value, tp, key, section=_build_section)
 
 
 def _unknown_key(key: str, name: str, valid: list[str]) -> ConfigError:
@@ -144,26 +63,82 @@ def _component_names(cls: type) -> list[str]:
     return sorted({n for table in _tables(cls).values() for n in table})
 
 
-def validate_components(cfg: Config) -> None:
-    """Check the component sections against the tables: each chosen name (``loss.cls``,
-    ``mining.type``) is in its table, each ``<section>.<name>`` sub-section names a component
-    and holds only options of its constructor -- one-line "did you mean" errors."""
-    from detmine.components import check_component, check_names
+#: the sections whose components are checked against their tables at load (all by default; a
+#: tool that only builds the model passes fewer, e.g. evaluation does not read ``loss``).
+COMPONENT_SECTIONS = ("data", "model", "matching", "loss", "mining", "hooks")
 
-    for section_name in ("loss", "mining"):
-        section = getattr(cfg, section_name)
-        tables = _tables(type(section))
-        for field_name, table in tables.items():
-            chosen = getattr(section, field_name)
-            if chosen is not None:
-                check_component(
-                    table, chosen, section.components.get(chosen, {}), section_name, field=field_name
-                )
-        owners = {name: table[name] for table in tables.values() for name in table}
-        fields = [f.name for f in dataclasses.fields(section) if f.name != "components"]
-        check_names(section.components, [*fields, *sorted(owners)], section_name)
-        for name, options in section.components.items():
-            check_component(owners, name, options, section_name)
+
+def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONENT_SECTIONS) -> None:
+    """Check every component the config names against its table -- the name ("did you mean"),
+    the options against the constructor's signature and their types -- once, at load, before
+    any data is read: ``data.train_transform`` / ``transform_options``, ``model.name`` /
+    ``options``, ``matching.preset`` and its options, the ``loss`` and ``mining`` sections,
+    the ``hooks`` list."""
+    from detmine.components import check_names
+    from detmine.config.schema import section_options
+
+    if "data" in sections:
+        from detmine.data.transforms import EVAL_GEOMETRY_KEYS, TRANSFORM_PRESETS
+
+        d = cfg.data
+        d.transform_options = TRANSFORM_PRESETS.check(
+            d.train_transform,
+            d.transform_options,
+            key="data.transform_options",
+            name_key="data.train_transform",
+        )
+        from detmine.components import check_options
+        from detmine.data.loader import build_dataloader
+        from detmine.engine.builders.data import LOADER_PASSED
+
+        d.loader_options = check_options(
+            build_dataloader, d.loader_options, "data.loader_options", skip=LOADER_PASSED
+        )
+        note = " (evaluation never augments)"
+        check_names(d.eval_transform_options, EVAL_GEOMETRY_KEYS, "data.eval_transform_options", note=note)
+    if "model" in sections:
+        from detmine.modeling import MODELS
+
+        cfg.model.options = MODELS.check(
+            cfg.model.name, cfg.model.options, key="model.options", name_key="model.name"
+        )
+    if "matching" in sections:
+        from detmine.matching import MATCHER_PRESETS
+        from detmine.structures import HEAD_DEFAULTS
+
+        m = cfg.matching
+        presets = [m.preset] if m.preset is not None else [d["matching"] for d in HEAD_DEFAULTS.values()]
+        for preset in presets:
+            valid = MATCHER_PRESETS.get_entry_options(preset, name_key="matching.preset")
+            check_names(m.options, ["preset", *valid], "matching")
+            m.options = MATCHER_PRESETS.check(preset, m.options, key="matching", name_key="matching.preset")
+    if "loss" in sections or "mining" in sections:
+        from detmine.criterion.build import check_loss_section, check_mining_section
+
+        if "loss" in sections:
+            check_loss_section(section_options(cfg.loss))
+        if "mining" in sections:
+            check_mining_section(section_options(cfg.mining))
+    if "hooks" in sections and cfg.hooks:
+        from detmine.engine.hooks import check_hooks
+
+        check_hooks(cfg.hooks)
+
+
+def _section_hint(cls: type, key: str, name: str) -> ConfigError:
+    """The unknown-key error of a section; in a component section a key that is an option of
+    one of its components is pointed to its place (``loss.gamma`` -> ``loss.focal.gamma``)."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "components"]
+    if has_components(cls):
+        from detmine.components import check_names, component_options
+
+        tables = _tables(cls)
+        nested = {n: component_options(t[n]) for t in tables.values() for n in t}
+        try:
+            check_names([name], names + _component_names(cls), key.rsplit(".", 1)[0], nested=nested)
+        except ConfigError as exc:
+            return exc
+    return _unknown_key(key, name, names + _component_names(cls))
 
 
 def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -172,19 +147,25 @@ def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
     (``loss.focal: {gamma: 2}``); its name and options are checked by
     :func:`validate_components`."""
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "components"]
+    flat = getattr(cls, "FLAT_OPTIONS", None)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("components", flat)]
     kwargs: dict[str, Any] = {}
     components: dict[str, dict[str, Any]] = {}
+    flat_options: dict[str, Any] = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name in names:
             kwargs[name] = _coerce(value, hints[name], key)
+        elif flat is not None:
+            flat_options[str(name)] = value  # an option of the section's component: checked with it
         elif has_components(cls) and isinstance(value, dict | None):
             components[str(name)] = dict(value or {})
         else:
-            raise _unknown_key(key, str(name), names + _component_names(cls))
+            raise _section_hint(cls, key, str(name))
     if has_components(cls):
         kwargs["components"] = components
+    if flat is not None:
+        kwargs[flat] = flat_options
     return cls(**kwargs)
 
 
@@ -199,6 +180,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if f.name == "components" and has_components(type(cfg)):
             out.update({name: dict(options) for name, options in value.items()})
+        elif f.name == getattr(type(cfg), "FLAT_OPTIONS", None):
+            out.update(copy.deepcopy(value))
         elif dataclasses.is_dataclass(value):
             out[f.name] = config_to_dict(value)
         else:
@@ -235,9 +218,14 @@ def apply_override(values: dict[str, Any], item: str) -> None:
             tp: Any = Any
         else:
             hints = _hints(cls)
-            if name == "components" or name not in hints:
+            flat = getattr(cls, "FLAT_OPTIONS", None)
+            if flat is not None and (name == flat or name not in hints):
+                tp = Any  # an option of the section's component: checked by validate_components
+            elif name == "components" or name not in hints:
                 if not has_components(cls):
                     raise _unknown_key(key, name, [f.name for f in dataclasses.fields(cls)])
+                if last and not _looks_like_mapping(raw):
+                    raise _section_hint(cls, key, name)  # `loss.gamma=1`: point to `loss.focal.gamma`
                 tp = dict[str, Any]  # a component's options: checked by validate_components
             else:
                 tp = hints[name]
@@ -272,12 +260,28 @@ def apply_override(values: dict[str, Any], item: str) -> None:
         elif cls is not None and typing.get_origin(tp) is dict:
             cls = None
         elif cls is not None:
-            raise ConfigError(f"config key '{key}' is a {_type_name(tp)} value, not a section")
+            raise ConfigError(f"config key '{key}' is a {type_name(tp)} value, not a section")
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+def _looks_like_mapping(raw: str) -> bool:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return False
+    return value is None or isinstance(value, dict)
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: typing.Sequence[str] = (),
+    *,
+    plugins: typing.Sequence[str] = (),
+    sections: typing.Collection[str] = COMPONENT_SECTIONS,
+) -> Config:
     """Read a YAML recipe (or start from the defaults when ``path`` is None), apply
-    ``key.sub=value`` overrides in order, and validate the result against the schema."""
+    ``key.sub=value`` overrides in order, import the config's ``plugins`` and the extra
+    ``plugins`` (``--plugin``; added to ``cfg.plugins``), and validate the result against the
+    schema and the component tables (only the component ``sections`` a tool uses)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -307,8 +311,11 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     for item in overrides:
         apply_override(values, item)
     cfg = _build_section(Config, values, "")
+    from detmine.plugins import import_plugins
+
+    cfg.plugins = import_plugins([*cfg.plugins, *plugins])
     validate_config(cfg)
-    validate_components(cfg)
+    validate_components(cfg, sections)
     return cfg
 
 

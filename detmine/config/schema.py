@@ -26,10 +26,11 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 256
-    train_transform: Literal["ssd", "retinanet", "eval"] = "retinanet"
+    #: an entry of ``detmine.data.transforms.TRANSFORM_PRESETS`` (``ssd``, ``retinanet``, ``eval``).
+    train_transform: str = "retinanet"
     #: evaluation always uses the deterministic ``eval`` preset (no flip, no crop).
     eval_transform: Literal["eval"] = "eval"
-    #: extra keyword options of ``build_transforms`` for the training preset.
+    #: keyword options of the training preset (its builder's signature is their schema).
     transform_options: dict[str, Any] = field(default_factory=dict)
     #: geometry of the evaluation resize (``square``, ``max_size``, ``min_box_size``); unset
     #: keys follow the training preset: a fixed square for ``ssd``, the shorter side with
@@ -49,7 +50,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which detector; ``options`` are the keyword options of its builder."""
+    """Which detector: ``name`` is an entry of ``detmine.modeling.MODELS``; ``options`` are the
+    keyword options of its builder (checked against its signature at load)."""
 
     name: str = "retinanet_resnet18_fpn"
     options: dict[str, Any] = field(default_factory=dict)
@@ -65,18 +67,23 @@ class ModelConfig:
 class MatchingConfig:
     """Anchor-to-ground-truth matching (``detmine.matching.build_matcher``).
 
-    ``null`` means the preset's value; the preset defaults to the head: ``ssd`` (0.5/0.5 +
-    forced best anchor) for softmax heads, ``retinanet`` (0.5/0.4 + low-quality matches) for
-    sigmoid heads.
+    ``preset`` names an entry of ``detmine.matching.MATCHER_PRESETS`` (``null``: the head's --
+    ``ssd`` (0.5/0.5 + forced best anchor) for softmax heads, ``retinanet`` (0.5/0.4 +
+    low-quality matches) for sigmoid heads). Every other ``matching.*`` key overrides one of the
+    preset's options (``fg_iou_thresh``, ``bg_iou_thresh``, ``allow_low_quality``,
+    ``force_best_match``, ``ignore_iof_thresh`` for the built-in presets), checked against the
+    preset's signature: written once, there.
     """
 
-    preset: Literal["ssd", "retinanet"] | None = None
-    fg_iou_thresh: float | None = None
-    bg_iou_thresh: float | None = None
-    allow_low_quality: bool | None = None
-    force_best_match: bool | None = None
-    #: anchors covered by an ignore region (crowd / difficult) above this fraction become ignore.
-    ignore_iof_thresh: float | None = None
+    #: the keys other than the fields are the preset's options, kept in ``options``.
+    FLAT_OPTIONS: typing.ClassVar[str] = "options"
+
+    preset: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def matcher_options(self) -> dict[str, Any]:
+        """The ``matching`` argument of ``build_criterion``."""
+        return {"preset": self.preset, **self.options}
 
 
 @dataclass
@@ -191,14 +198,17 @@ class TrainConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Inference post-processing (``DenseDetector.predict``): score threshold, per-level
-    top-k before NMS, NMS IoU, detections kept per image. Defaults: torchvision's RetinaNet;
-    SSD recipes use SSD's 0.01 / 400 / 0.45 / 200."""
+    """Inference post-processing (``DenseDetector.predict``): score threshold, top-k before
+    NMS and what it is taken over, NMS IoU, detections kept per image. Defaults: torchvision's
+    RetinaNet; SSD recipes use SSD's 0.01 / 400 per class / 0.45 / 200."""
 
     score_thresh: float = 0.05
     topk_candidates: int = 1000
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    #: the ``topk_candidates`` are taken per image and pyramid ``level`` over all (anchor,
+    #: class) pairs (RetinaNet), or per image and ``class`` over all anchors (SSD).
+    topk_per: Literal["level", "class"] = "level"
 
     def options(self) -> dict[str, Any]:
         """Keyword options of ``DenseDetector.predict``."""
@@ -241,6 +251,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     vis: VisConfig = field(default_factory=VisConfig)
+    #: hooks on top of the built-in ones: ``[{name: <HOOKS entry>, <option>: value, ...}]``;
+    #: an entry naming a built-in hook changes its options, ``enabled: false`` switches it off,
+    #: ``priority`` re-orders (see ``detmine.engine.hooks``).
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    #: modules or ``.py`` files imported before the components are checked (a user's own
+    #: miners, losses, hooks ...); saved with the run so every tool imports them too.
+    plugins: list[str] = field(default_factory=list)
     output_dir: str = "runs/default"
 
 

@@ -31,9 +31,12 @@ count so validation losses do not disturb it). The box loss's ``N_pos`` follows 
 choice when the classification count is the positives (one shared count, as before).
 torchvision's RetinaNet instead divides each image's loss by that image's positives and
 averages over images; the two agree when every image has the same number of positives
-(tested). Under DDP training the counts (and the EMA) use the mean over the processes, so
-the average of the per-process losses equals the loss of the global batch (tested with two
-gloo processes).
+(tested). Under DDP training the counts are the global batch's (summed over the processes)
+and the EMA is of that global count, from the same start of 100, so its state equals one
+process's on the whole batch; each process divides its own sum by ``count / W`` (``W``
+processes), so the average of the per-process losses -- what DDP's gradient averaging
+computes -- equals the loss of the global batch, with either normaliser, at every step
+(tested with two gloo processes over several steps, EMA state included).
 
 Background-only images are fine: they have only background / ignore anchors,
 and contribute to the classification loss whenever the miner selects some of

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from detmine.box_coder import BoxCoder
-from detmine.components import build_component, check_component, check_names, component_options
+from detmine.components import check_section, component_options
 from detmine.criterion.dense import Criterion, misfit_message
 from detmine.errors import ConfigError
 from detmine.losses import BOX_LOSSES, CLS_LOSSES
@@ -20,37 +20,30 @@ from detmine.structures import head_defaults
 _PARTS = ("matcher", "box_coder", "miner", "cls_loss", "box_loss")
 
 
-def _options(section: Mapping[str, Any], name: str, key: str) -> dict[str, Any]:
-    """``section[name]`` as a dict of options without its ``None`` values (``None`` = default)."""
-    value = section.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            f"config key '{key}.{name}' holds the options of {name!r}: a mapping, got {value!r}"
-        )
-    return {k: v for k, v in value.items() if v is not None}
+def criterion_settings() -> list[str]:
+    """The ``loss.*`` keys that are :class:`Criterion` settings (``box_weight``, ``normalizer`` ...)."""
+    return [name for name in component_options(Criterion) if name not in _PARTS]
 
 
-def _components(
-    section: Mapping[str, Any], tables: tuple[Mapping[str, Any], ...], key: str
-) -> dict[str, dict[str, Any]]:
-    """``{component name: options}`` of every component the section holds options for, each
-    checked against its constructor (also those not chosen: a recipe may keep them)."""
-    found = {}
-    for table in tables:
-        for name in table:
-            if name in section:
-                found[name] = _options(section, name, key)
-                check_component(table, name, found[name], key)
-    return found
+def check_loss_section(loss: Mapping[str, Any], cls_activation: str | None = None) -> dict[str, dict[str, Any]]:
+    """Check the ``loss`` section (see :func:`~detmine.components.check_section`); returns
+    ``{loss name: coerced options}``. Used by the config at load and by :func:`build_criterion`."""
+    defaults = head_defaults(cls_activation) if cls_activation else {}
+    return check_section(
+        loss,
+        key="loss",
+        fields=["cls", "box", *criterion_settings()],
+        tables={"cls": CLS_LOSSES, "box": BOX_LOSSES},
+        defaults={"cls": defaults.get("cls"), "box": defaults.get("box")},
+    )
 
 
-def _nested(table: Mapping[str, Any], first: tuple[str, ...]) -> dict[str, list[str]]:
-    """``{name: constructor options}`` of a table's components, the chosen ones ``first``
-    (where a misplaced option such as ``loss.alpha`` is pointed to)."""
-    names = [n for n in first if n in table] + [n for n in table if n not in first]
-    return {name: component_options(table[name]) for name in names}
+def check_mining_section(mining: Mapping[str, Any], cls_activation: str | None = None) -> dict[str, dict[str, Any]]:
+    """Check the ``mining`` section; returns ``{miner name: coerced options}``."""
+    defaults = head_defaults(cls_activation) if cls_activation else {}
+    return check_section(
+        mining, key="mining", fields=["type"], tables={"type": MINERS}, defaults={"type": defaults.get("mining")}
+    )
 
 
 def build_criterion(
@@ -90,24 +83,19 @@ def build_criterion(
     matcher = build_matcher(matching.pop("preset", None), cls_activation=cls_activation, **matching)
 
     loss = dict(loss or {})
-    settings = [name for name in component_options(Criterion) if name not in _PARTS]
     cls_name = loss.get("cls") or defaults["cls"]
     box_name = loss.get("box") or defaults["box"]
-    nested = _nested({**CLS_LOSSES, **BOX_LOSSES}, first=(cls_name, box_name))
-    check_names(loss, ["cls", "box", *settings, *CLS_LOSSES, *BOX_LOSSES], "loss", nested=nested)
-    options = _components(loss, (CLS_LOSSES, BOX_LOSSES), "loss")
-    check_component(CLS_LOSSES, cls_name, options.get(cls_name, {}), "loss", field="cls")
-    fits = getattr(CLS_LOSSES[cls_name], "activation", None)
+    options = check_loss_section(loss, cls_activation)
+    fits = getattr(CLS_LOSSES.get_entry(cls_name, name_key="loss.cls"), "activation", None)
     if fits != cls_activation:
         raise ConfigError(misfit_message(cls_name, fits, cls_activation))
-    cls_loss = CLS_LOSSES[cls_name](**options.get(cls_name, {}))
-    box_loss = build_component(BOX_LOSSES, box_name, options.get(box_name, {}), "loss", field="box")
+    cls_loss = CLS_LOSSES.build(cls_name, options.get(cls_name), key=f"loss.{cls_name}", name_key="loss.cls")
+    box_loss = BOX_LOSSES.build(box_name, options.get(box_name), key=f"loss.{box_name}", name_key="loss.box")
 
     mining = dict(mining or {})
     miner_type = mining.get("type") or defaults["mining"]
-    check_names(mining, ["type", *MINERS], "mining", nested=_nested(MINERS, first=(miner_type,)))
-    options = _components(mining, (MINERS,), "mining")
-    miner = build_component(MINERS, miner_type, options.get(miner_type, {}), "mining")
+    options = check_mining_section(mining, cls_activation)
+    miner = MINERS.build(miner_type, options.get(miner_type), key=f"mining.{miner_type}", name_key="mining.type")
 
     return Criterion(
         matcher=matcher,
@@ -115,5 +103,5 @@ def build_criterion(
         miner=miner,
         cls_loss=cls_loss,
         box_loss=box_loss,
-        **{name: loss[name] for name in settings if loss.get(name) is not None},
+        **{name: loss[name] for name in criterion_settings() if loss.get(name) is not None},
     )

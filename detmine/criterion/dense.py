@@ -111,32 +111,36 @@ class Criterion(nn.Module):
         return ", ".join(parts)
 
     def _normalizers(self, num_pos: Tensor, num_selected: Tensor) -> tuple[Tensor, Tensor]:
-        """``(classification, box)`` divisors: the counts averaged over processes, at least 1;
-        the classification count (positives or selected) through the EMA when asked."""
-        num_pos = self._mean_over_ranks(num_pos).to(torch.float32)
-        count = num_pos if self.normalize_by == "positives" else self._mean_over_ranks(num_selected)
-        count = count.to(torch.float32)
+        """``(classification, box)`` divisors of this process's loss sums (scalars, float32).
+
+        Each count (positives; positives or selected for the classification) is the GLOBAL
+        batch's -- summed over the DDP processes --, for the classification passed through the
+        EMA when asked, clamped at 1 and divided by the world size ``W``. So the EMA
+        holds the same number as one process on the whole batch (same start, same updates),
+        and the mean of the ``W`` per-process losses ``sum_r S_r / (N / W) / W = S / N`` (what
+        DDP's gradient averaging computes) equals that one process's loss. ``W = 1`` outside
+        DDP and in evaluation (where ranks need not call the criterion together).
+        """
+        world = training_world(self)
+        num_pos = self._sum_over_ranks(num_pos, world)
+        count = num_pos if self.normalize_by == "positives" else self._sum_over_ranks(num_selected, world)
         if self.normalizer == "ema" and self.training:
             with torch.no_grad():
                 m = self.normalizer_momentum
                 self.count_ema.mul_(m).add_((1.0 - m) * count.to(self.count_ema.dtype))
-            cls_norm = self.count_ema.clamp(min=1).clone()
-        else:
-            cls_norm = count.clamp(min=1)
-        box_norm = cls_norm if self.normalize_by == "positives" else num_pos.clamp(min=1)
+            count = self.count_ema.clone().to(torch.float32)
+        cls_norm = count.clamp(min=1) / world
+        box_norm = cls_norm if self.normalize_by == "positives" else num_pos.clamp(min=1) / world
         return cls_norm, box_norm
 
-    def _mean_over_ranks(self, count: Tensor) -> Tensor:
-        """Under DDP training, the count averaged over the processes, so that the mean of the
-        per-process losses (what DDP's gradient averaging computes) equals the loss of the whole
-        global batch: ``sum(L_r) / sum(P_r)``. Unchanged in one process and in eval (where ranks
-        need not call the criterion together)."""
-        world = training_world(self)
-        if world == 1:
-            return count
+    @staticmethod
+    def _sum_over_ranks(count: Tensor, world: int) -> Tensor:
+        """``count`` (a scalar) as float32, summed over the ``world`` DDP processes when
+        ``world > 1`` (detached: a normaliser is a constant)."""
         total = count.detach().to(torch.float32).clone()
-        dist.all_reduce(total)
-        return total / world
+        if world > 1:
+            dist.all_reduce(total)
+        return total
 
     def forward(self, outputs: HeadOutputs, targets: list[Target]) -> tuple[dict[str, Tensor], MiningRecord]:
         """Compute the losses of one batch.

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import signal
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from detmine import distributed
 from detmine.data._common import SKIP_KINDS, SkippedSample
 from detmine.data.keyed import KeyedDataset, is_sample
 from detmine.data.samplers import (
@@ -175,16 +178,39 @@ class DetectionDataLoader(DataLoader):
             self.__dict__["_skip_counts"] = Counter()
         return self.__dict__["_skip_counts"]
 
-    def skipped_summary(self) -> str | None:
+    def skipped_summary(self, all_ranks: bool | None = None) -> str | None:
         """One line, e.g. ``"3 of 3000 images skipped: 2 unreadable, 1 missing; first:
-        data/x/0001.jpg (file not found)"``, or None when nothing was skipped."""
-        if not self.num_dropped_samples:
+        data/x/0001.jpg (file not found)"``, or None when nothing was skipped.
+
+        ``all_ranks`` (default: when the loader is sharded over the initialised process
+        group) sums the counts of every rank -- a collective: call it on every rank; each gets
+        the same line, ``first`` from the lowest rank that skipped. False: this rank only.
+        """
+        mine = (
+            self.num_dropped_samples,
+            self.num_requested_samples,
+            dict(self.skip_counts),
+            None if self.first_skipped is None else str(self.first_skipped),
+        )
+        if all_ranks is None:
+            all_ranks = self._sharded_over_process_group()
+        states = distributed.all_gather_object(mine) if all_ranks else [mine]
+        dropped = sum(s[0] for s in states)
+        if not dropped:
             return None
-        counts = self.skip_counts
+        counts: Counter[str] = Counter()
+        for s in states:
+            counts.update(s[2])
         order = [k for k in SKIP_KINDS if counts[k]] + sorted(k for k in counts if k not in SKIP_KINDS)
         kinds = ", ".join(f"{counts[k]} {k}" for k in order)
-        first = f"; first: {self.first_skipped}" if self.first_skipped is not None else ""
-        return f"{self.num_dropped_samples} of {self.num_requested_samples} images skipped: {kinds}{first}"
+        first_text = next((s[3] for s in states if s[3] is not None), None)
+        first = f"; first: {first_text}" if first_text is not None else ""
+        return f"{dropped} of {sum(s[1] for s in states)} images skipped: {kinds}{first}"
+
+    def _sharded_over_process_group(self) -> bool:
+        """True when this loader is one rank's shard of the initialised process group."""
+        world = getattr(self.batch_sampler, "world_size", 1)
+        return world > 1 and distributed.is_distributed() and distributed.get_world_size() == world
 
     def _count(self, requested: int, skipped: list[SkippedSample]) -> None:
         self.num_requested_samples += requested
@@ -273,9 +299,36 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    # Ctrl-C reaches the whole process group: the main process stops training cleanly (and
-    # writes a checkpoint), which needs its workers alive until then.
+    # Ctrl-C and a job runner's SIGTERM (timeout, SLURM pre-emption) reach the whole process
+    # group: the main process stops training cleanly (and writes a checkpoint), which needs
+    # its workers alive until then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _leave_sigterm_to_the_main_process()
+
+
+def _leave_sigterm_to_the_main_process() -> None:
+    """In a loader worker: ignore SIGTERM unless the main process sent it.
+
+    The main process itself sends SIGTERM to shut down a worker that did not exit in time
+    (``DataLoader`` shutdown, ``multiprocessing``'s exit handler): that one still ends the
+    worker at once (exit 0, as torch's own worker handler does). Any other sender's SIGTERM
+    (``timeout``, ``scancel``, ``kill -TERM -<pgid>``) is left to the main process, which
+    checkpoints and exits 143 -- and then shuts its workers down. SIGTERM is blocked in the
+    worker and taken by a daemon thread with ``sigwaitinfo`` (which sees the sender's pid).
+    Without ``sigwaitinfo`` (macOS) torch's handler stays: a group SIGTERM ends the worker.
+    """
+    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_sigterm() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="detmine-sigterm", daemon=True).start()
 
 
 def build_dataloader(

@@ -37,6 +37,7 @@ albumentations' ``self.py_random`` / ``self.random_generator``.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,7 @@ import cv2
 import numpy as np
 from albumentations.augmentations.geometric.pad import Pad
 
+from detmine.components import ComponentTable
 from detmine.data.min_iou_crop import SSD_MIN_IOUS, MinIoURandomCrop
 from detmine.errors import ConfigError, DataError
 
@@ -53,7 +55,15 @@ from detmine.errors import ConfigError, DataError
 #: with it is zero after normalisation.
 IMAGENET_MEAN_255: tuple[float, float, float] = (123.675, 116.28, 103.53)
 
-PRESETS: tuple[str, ...] = ("ssd", "retinanet", "eval")
+#: options of the ``eval`` preset a recipe may set (``data.eval_transform_options``): geometry only.
+EVAL_GEOMETRY_KEYS: tuple[str, ...] = ("square", "max_size", "min_box_size")
+
+
+def resizes_to_square(preset: str, square: bool | None = None) -> bool:
+    """Whether ``preset`` resizes to a fixed square: ``square`` when given, else True for every
+    preset but ``retinanet`` (shorter side, aspect kept). The one place this is decided: the
+    training pipeline and the evaluation geometry that follows it both ask here."""
+    return bool(square) if square is not None else preset != "retinanet"
 
 _IGNORE = -1  # label given to ignore regions inside the albumentations pipeline
 
@@ -233,7 +243,7 @@ def _square_resize(image_size: int) -> A.Resize:
     return A.Resize(height=image_size, width=image_size, interpolation=cv2.INTER_LINEAR)
 
 
-def build_transforms(
+def _preset_pipeline(
     preset: str,
     image_size: int | Sequence[int],
     *,
@@ -249,7 +259,8 @@ def build_transforms(
     min_box_size: float = 1.0,
     seed: int | None = None,
 ) -> DetectionTransform:
-    """Build an augmentation preset (see the module docstring for what each preset does).
+    """The built-in augmentation presets (see the module docstring for what each one does);
+    reached through :data:`TRANSFORM_PRESETS` / :func:`build_transforms`.
 
     Args:
         preset: ``"ssd"``, ``"retinanet"`` or ``"eval"``.
@@ -273,13 +284,10 @@ def build_transforms(
     Returns:
         a :class:`DetectionTransform`.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown transform preset {preset!r}; expected one of {', '.join(PRESETS)}")
     sizes = [image_size] if isinstance(image_size, int) else list(image_size)
     if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes):
         raise ConfigError(f"transform image_size must be a positive int (or ints), got {image_size!r}")
-    if square is None:
-        square = preset != "retinanet"
+    square = resizes_to_square(preset, square)
     if preset == "ssd" and not square:
         raise ConfigError("the ssd preset resizes to a fixed square; square=False is not supported")
     if (square or preset == "eval") and len(sizes) != 1:
@@ -305,3 +313,25 @@ def build_transforms(
         steps = [resize]
     compose = A.Compose(steps, bbox_params=_bbox_params(min_box_size), seed=seed)
     return DetectionTransform(compose, min_box_size=min_box_size)
+
+
+#: name -> preset builder ``(image_size, **options) -> DetectionTransform``
+#: (``data.train_transform``; its keyword signature is the schema of ``data.transform_options``).
+TRANSFORM_PRESETS = ComponentTable(
+    "transform preset",
+    {name: functools.partial(_preset_pipeline, name) for name in ("ssd", "retinanet", "eval")},
+    passed=("image_size",),
+)
+
+
+def build_transforms(preset: str, image_size: int | Sequence[int], **options: Any) -> DetectionTransform:
+    """The :data:`TRANSFORM_PRESETS` entry ``preset`` at ``image_size`` with keyword ``options``
+    (``max_size``, ``square``, ``flip_p`` ... for the built-in presets; see
+    :func:`_preset_pipeline`).
+
+    Raises:
+        ConfigError: an unknown preset or option ("did you mean"), a wrong type, a bad value.
+    """
+    return TRANSFORM_PRESETS.build(
+        preset, options, key="data.transform_options", name_key="data.train_transform", image_size=image_size
+    )

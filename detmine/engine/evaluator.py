@@ -59,6 +59,8 @@ class EvalResult:
             None when COCO metrics did not run.
         class_names: names of the K classes in the order of ``precision``'s K axis.
         per_class_voc_ap: class name -> VOC area-under-curve AP (empty without VOC metrics).
+        results: the COCO result dicts scored (:meth:`CocoEvaluator.results_json`; set by
+            :func:`evaluate`, so a caller can show the numbers before writing them).
     """
 
     stats: dict[str, float]
@@ -67,6 +69,7 @@ class EvalResult:
     precision: np.ndarray | None
     class_names: list[str]
     per_class_voc_ap: dict[str, float] = field(default_factory=dict)
+    results: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready metrics (NaN -> None); ``precision`` and ``table`` are left out."""
@@ -360,6 +363,8 @@ def evaluate(
     finally:
         model.train(was_training)
     result = evaluator.summarize()
+    if result is not None:
+        result.results = evaluator.results_json()
     if result is not None and results_path is not None:
         evaluator.write_results(results_path)
     return result

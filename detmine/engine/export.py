@@ -26,6 +26,7 @@ from detmine.engine.safe_io import (
     META_SOURCE,
     META_WEIGHTS,
     atomic_write_bytes,
+    check_writable,
 )
 from detmine.errors import CheckpointError
 
@@ -49,8 +50,9 @@ def export_safetensors(
         ``(out_path, "ema" | "model")``: the file written and which weights it holds.
 
     Raises:
-        CheckpointError: unreadable / refused checkpoint, missing EMA weights, non-tensor
-            entries, or an output that cannot be written (one line naming the file).
+        CheckpointError: unreadable / refused / malformed checkpoint, missing or empty weights,
+            non-tensor entries, or an output that cannot be written (checked before the
+            checkpoint is read; one line naming the file). Nothing is written on an error.
     """
     src, out = Path(checkpoint_path), Path(out_path)
     if out.suffix != ".safetensors":
@@ -64,15 +66,21 @@ def export_safetensors(
             "exporting .safetensors needs the safetensors package (pip install safetensors)"
         ) from None
 
+    check_writable(out, "exported weights", where="output file")
     state = load_checkpoint(src, "cpu", trusted=trusted)
     weights, chosen = select_weights(state, which, str(src))
     bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"checkpoint {src}: weights entry '{bad[0]}' is not a tensor; cannot export it")
+    if not weights:
+        raise CheckpointError(
+            f"checkpoint {src} holds no {chosen} weights (its state dict is empty); nothing to export, "
+            f"{out} was not written"
+        )
     # own, contiguous storage per tensor: safetensors refuses tensors that share memory
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     data = safetensors_bytes(tensors, metadata=_metadata(state, chosen, src))
-    atomic_write_bytes(out, data, what="exported weights")
+    atomic_write_bytes(out, data, what="exported weights", where="output file")
     return out, chosen
 
 

@@ -10,6 +10,7 @@ TensorBoard writer, on the main process only) and draw no training random number
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from detmine.console import Progress, format_duration, log
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
 from detmine.engine.safe_io import write_error
 from detmine.engine.trainer import HookBase, Trainer
+from detmine.errors import CheckpointError
 
 
 class RunOutputs:
@@ -37,13 +39,27 @@ class RunOutputs:
             self.writer = SummaryWriter(log_dir=str(self.output_dir))
 
     def write_metrics(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line, all or nothing: a write that fails part-way (a full
+        disk) is cut back to the file's previous size before the one-line CheckpointError."""
         if not self.enabled:
             return
         path = self.output_dir / "metrics.jsonl"
+        data = memoryview((json.dumps(record) + "\n").encode())
+        start: int | None = None
         try:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush on close
+                start = f.seek(0, 2)
+                while data:
+                    data = data[f.write(data) :]
         except OSError as exc:
+            if start is not None:
+                try:
+                    os.truncate(path, start)
+                except OSError as again:
+                    raise CheckpointError(
+                        f"cannot write metrics file {path}: {exc.strerror or exc}; its last line is cut "
+                        f"short and could not be removed ({again.strerror or again})"
+                    ) from None
             raise write_error(path, exc, "metrics file") from None
 
     def add_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,30 +43,58 @@ TRUST_FLAG = "--trust-checkpoint"
 STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{4,}\.tmp$")
 
 _HINTS = {
-    errno.EACCES: "the folder is not writable by this user; choose another output_dir",
-    errno.EPERM: "the folder is not writable by this user; choose another output_dir",
-    errno.EROFS: "the file system is read-only; choose another output_dir",
+    errno.EACCES: "the folder is not writable by this user; choose another {where}",
+    errno.EPERM: "the folder is not writable by this user; choose another {where}",
+    errno.EROFS: "the file system is read-only; choose another {where}",
     errno.ENOSPC: "the disk is full; free space (or lower train.keep_last)",
     errno.EDQUOT: "the disk quota is exhausted; free space (or lower train.keep_last)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EEXIST: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder; name a file",
     errno.ENAMETOOLONG: "the path is too long",
 }
 
+UNCHANGED = "the previous file, if any, is unchanged"
 
-def write_error(path: str | os.PathLike, exc: OSError, what: str = "file") -> CheckpointError:
+
+def write_error(
+    path: str | os.PathLike,
+    exc: OSError,
+    what: str = "file",
+    *,
+    where: str = "output_dir",
+    after: str = UNCHANGED,
+) -> CheckpointError:
     """The one-line :class:`CheckpointError` for an ``OSError`` raised while writing ``path``:
     ``cannot write checkpoint /r/model_0000100.pth: No space left on device [ENOSPC] (the disk
-    is full; ...); the previous file is unchanged``."""
+    is full; ...); the previous file, if any, is unchanged``.
+
+    Args:
+        where: the setting to change, named in the hint (``output_dir``, ``--out``...).
+        after: what the message ends with (the state the failure left).
+    """
     code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    hint = _HINTS.get(exc.errno, "")
+    hint = _HINTS.get(exc.errno, "").format(where=where)
     return CheckpointError(
         f"cannot write {what} {path}: {reason}"
         + (f" [{code}]" if code else "")
         + (f" ({hint})" if hint else "")
-        + "; the previous file, if any, is unchanged"
+        + (f"; {after}" if after else "")
     )
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -78,12 +108,16 @@ def _fsync_dir(directory: Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, what: str = "file", where: str = "output_dir"
+) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``), with the
+    permissions of a plain ``open(path, "w")`` (``0o666`` less the umask), not ``mkstemp``'s 0600.
 
     Raises:
-        CheckpointError: any ``OSError`` of the write (see :func:`write_error`); ``path`` keeps
-            its previous content and no temporary file is left behind.
+        CheckpointError: any ``OSError`` of the write (see :func:`write_error`; ``where`` names
+            the setting to change); ``path`` keeps its previous content and no temporary file
+            is left behind.
     """
     path = Path(path)
     tmp: str | None = None
@@ -91,6 +125,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "fil
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             f = os.fdopen(fd, "wb")
         except BaseException:
             os.close(fd)
@@ -102,7 +137,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "fil
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise write_error(path, exc, what) from None
+        raise write_error(path, exc, what, where=where) from None
     finally:  # also on KeyboardInterrupt: never leave the temporary file
         if tmp is not None:
             try:
@@ -113,9 +148,77 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "fil
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:
+def atomic_write_text(
+    path: str | os.PathLike, text: str, *, what: str = "file", where: str = "output_dir"
+) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text (``config.yaml``, pointer files, JSON)."""
-    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what, where=where)
+
+
+_NOT_STARTED = "nothing was run"
+
+
+def _probe(directory: Path) -> None:
+    """Create and remove a temporary file in the existing folder ``directory``; raises the
+    ``OSError`` of the step that fails (read-only file system, no permission, full disk)."""
+    fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (``.`` for a relative path at worst)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(
+    path: str | os.PathLike, what: str = "file", *, where: str = "--out", folder: bool = False
+) -> Path:
+    """Check, before a long job, that ``path`` can be written later, leaving nothing behind:
+    the file ``path`` (or, with ``folder``, the folder ``path``) is not of the other kind, the
+    nearest existing folder on its way is a folder (not a file) and takes a new file (one is
+    created and removed there). Missing folders are not created: the write does that.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and the cause, e.g. ``cannot write results
+            file /x/r.json: Read-only file system [EROFS] (...; choose another --out); nothing
+            was run``; ``where`` names the setting to change.
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise CheckpointError(
+            f"cannot write {what} {path}: it is a folder ({where} must name a file); {_NOT_STARTED}"
+        )
+    target = path if folder else path.parent
+    existing = _nearest_existing(target)
+    try:
+        if not existing.is_dir():
+            code = errno.EEXIST if existing == target else errno.ENOTDIR
+            raise OSError(code, f"{existing} is a file, not a folder")
+        _probe(existing)
+    except OSError as exc:
+        raise write_error(path, exc, what, where=where, after=_NOT_STARTED) from None
+    return path
+
+
+def prepare_output_dir(
+    path: str | os.PathLike, what: str = "output folder", *, where: str = "--out-dir"
+) -> Path:
+    """Create the folder ``path`` (and its parents) and check that it takes a new file (one is
+    created and removed): for a job about to write there.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and the cause (see :func:`check_writable`).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _probe(path)
+    except OSError as exc:
+        raise write_error(path, exc, what, where=where, after="") from None
+    return path
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
@@ -196,16 +299,21 @@ def read_torch_file(
         hint: how to proceed when the file is refused (default: pass ``--trust-checkpoint``).
 
     Raises:
-        UnsafeCheckpointError: the file needs globals weights-only loading does not allow; no
-            code of the file has run.
+        UnsafeCheckpointError: the file needs globals weights-only loading does not allow
+            (also a plain ``pickle.dump`` file that names one); no code of the file has run.
+        CheckpointError: a plain pickle without globals (``torch.load`` reads only
+            ``torch.save`` files).
         CorruptCheckpointError: the file is truncated or not a torch file.
     """
     import torch
 
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trusted)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as exc:
+        _raise_if_plain_pickle(path, what)
         name, detail = _refusal_detail(str(exc)) if not trusted else (None, None)
         if name is not None or detail is not None:
             needs = f"the global {name}" if name else detail
@@ -225,7 +333,76 @@ def read_torch_file(
             )
         raise _corrupt(path, what, reason) from None
     except Exception as exc:  # zip/pickle errors of every kind mean the same thing to the user
+        _raise_if_plain_pickle(path, what)
         raise _corrupt(path, what, _first_line(exc)) from None
+
+
+_STRING_OPS = {
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "UNICODE",
+    "BINUNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE8",
+}
+_PUSH_OPS = {"MARK", "PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "POP", "POP_MARK"}
+
+
+def _plain_pickle_global(path: Path) -> tuple[bool, str | None]:
+    """``(whether path is a plain pickle (``pickle.dump``, not ``torch.save``), the first global
+    it names or None)``. Reads the opcodes only (:func:`pickletools.genops`): runs nothing."""
+    magic = 0x1950A86A20F9469CFC6C  # what a legacy (non-zip) torch.save file pickles first
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a torch.save zip archive
+                return False, None
+            f.seek(0)
+            pushed: list[Any] = []  # what the opcodes pushed, strings kept (STACK_GLOBAL's operands)
+            memo: dict[int, Any] = {}
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    return True, str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":
+                    module, name = ([None, None] + pushed)[-2:]
+                    both = isinstance(module, str) and isinstance(name, str)
+                    return True, f"{module}.{name}" if both else "a class or function"
+                if op.name == "LONG1" and arg == magic and len(pushed) == 0:
+                    return False, None
+                if op.name == "STOP":
+                    return True, None
+                if op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(int(arg)))
+                elif op.name not in _PUSH_OPS:
+                    pushed.append(arg if op.name in _STRING_OPS else None)
+    except (OSError, ValueError, EOFError):  # not a pickle at all: garbage
+        return False, None
+    return False, None
+
+
+def _raise_if_plain_pickle(path: Path, what: str) -> None:
+    """Raise the one-line error for a plain pickle file (``torch.load`` cannot read one, even
+    trusted: it expects ``torch.save``'s format); return when ``path`` is not one."""
+    plain, name = _plain_pickle_global(path)
+    if not plain:
+        return
+    resave = "save its tensors with torch.save (tensors, numbers, strings, lists and dicts only)"
+    if name is not None:
+        raise UnsafeCheckpointError(
+            f"{what} {path} is refused: it is a plain pickle (pickle.dump, not torch.save) and loading it "
+            f"needs the global {name}, and unpickling that can run code; torch.load cannot read a plain "
+            f"pickle even with {TRUST_FLAG}: {resave}",
+            path=path,
+            global_name=name,
+        ) from None
+    raise CheckpointError(
+        f"{what} {path} is a plain pickle (pickle.dump), not a torch.save file, and torch.load cannot "
+        f"read it; {resave}"
+    ) from None
 
 
 def _corrupt(path: Path, what: str, reason: str) -> CorruptCheckpointError:
@@ -293,3 +470,54 @@ META_WEIGHTS = "detmine.weights"  # "ema" | "model": which weights of the checkp
 META_ITERATION = "detmine.iteration"
 META_SOURCE = "detmine.source"  # file name of the checkpoint it was exported from
 META_CLASS_NAMES = "detmine.class_names"  # JSON list, when the checkpoint has them
+
+#: Bounds of a JSON metadata value (``detmine.config``...): a resolved config is a few KiB and
+#: about five levels deep; anything far beyond is not a detmine file (and deep nesting would
+#: exhaust Python's recursion limit in ``json.loads``).
+MAX_META_CHARS = 4 * 2**20
+MAX_META_DEPTH = 64
+
+
+def _json_depth(text: str, limit: int) -> int:
+    """The deepest nesting of ``[`` / ``{`` in the JSON ``text`` (outside strings), counting
+    stops past ``limit``."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_metadata_json(text: str, key: str, path: str | os.PathLike) -> Any:
+    """The JSON value of the metadata entry ``key`` of the safetensors file ``path``, bounded in
+    size (:data:`MAX_META_CHARS`) and nesting (:data:`MAX_META_DEPTH`).
+
+    Raises:
+        CheckpointError: too large, too deep or not valid JSON (one line naming file and key).
+    """
+    import json
+
+    where = f"checkpoint {path}: metadata '{key}'"
+    if len(text) > MAX_META_CHARS:
+        raise CheckpointError(f"{where} is {len(text)} characters, expected at most {MAX_META_CHARS}")
+    if _json_depth(text, MAX_META_DEPTH) > MAX_META_DEPTH:
+        raise CheckpointError(f"{where} is nested deeper than {MAX_META_DEPTH} levels; not a detmine file")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{where} is not valid JSON ({_first_line(exc)})") from None

@@ -32,7 +32,7 @@ from torch import nn
 
 from detmine import distributed as dist
 from detmine.console import log
-from detmine.engine.checkpoint import load_model_state
+from detmine.engine.checkpoint import load_model_state, validate_checkpoint
 from detmine.engine.run_state import DataStream, rng_state, set_rng_state
 from detmine.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from detmine.structures import Target
@@ -179,11 +179,7 @@ class Trainer:
         the optimizer as built (from this run's config: equal to the checkpoint's unless a change
         was allowed); with ``fresh_optimizer`` (another optimizer type) its state is not loaded.
         """
-        missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "sampler") if k not in state]
-        if missing:
-            raise CheckpointError(
-                f"checkpoint {source} lacks {', '.join(missing)}; it is not a detmine training checkpoint"
-            )
+        validate_checkpoint(state, source, training=True)  # one line naming the first bad field
         configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         load_model_state(unwrap(self.model), state["model"], source=source)
         try:

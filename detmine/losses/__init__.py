@@ -19,6 +19,7 @@ detection path uses the fused :func:`focal_loss_per_anchor` (see
 
 from __future__ import annotations
 
+from detmine.components import ComponentTable
 from detmine.losses.box import GIoULoss, L1Loss, SmoothL1Loss
 from detmine.losses.classification import BalancedCrossEntropy, FocalLoss, SoftmaxCrossEntropy
 from detmine.losses.functional import (
@@ -28,19 +29,14 @@ from detmine.losses.functional import (
     softmax_cross_entropy,
 )
 
-#: name -> classification loss class (``loss.cls``).
-CLS_LOSSES: dict[str, type] = {
-    "softmax_ce": SoftmaxCrossEntropy,
-    "focal": FocalLoss,
-    "balanced_ce": BalancedCrossEntropy,
-}
+#: name -> classification loss class (``loss.cls``; options under ``loss.<name>``).
+CLS_LOSSES = ComponentTable(
+    "classification loss",
+    {"softmax_ce": SoftmaxCrossEntropy, "focal": FocalLoss, "balanced_ce": BalancedCrossEntropy},
+)
 
-#: name -> box regression loss class (``loss.box``).
-BOX_LOSSES: dict[str, type] = {
-    "smooth_l1": SmoothL1Loss,
-    "l1": L1Loss,
-    "giou": GIoULoss,
-}
+#: name -> box regression loss class (``loss.box``; options under ``loss.<name>``).
+BOX_LOSSES = ComponentTable("box loss", {"smooth_l1": SmoothL1Loss, "l1": L1Loss, "giou": GIoULoss})
 
 __all__ = [
     "BOX_LOSSES",

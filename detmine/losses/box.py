@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from detmine.box_coder import BoxCoder
-from detmine.errors import ConfigError
+from detmine.errors import OptionError
 
 
 class SmoothL1Loss(nn.Module):
@@ -28,7 +28,7 @@ class SmoothL1Loss(nn.Module):
     def __init__(self, *, beta: float = 1.0) -> None:
         super().__init__()
         if beta < 0:
-            raise ConfigError(f"loss.smooth_l1.beta must be >= 0, got {beta}")
+            raise OptionError("beta", f"must be >= 0, got {beta}")
         self.beta = float(beta)
 
     def extra_repr(self) -> str:

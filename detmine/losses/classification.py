@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detmine.errors import ConfigError
+from detmine.errors import ConfigError, OptionError
 from detmine.losses.functional import (
     balanced_cross_entropy_per_anchor,
     focal_loss_per_anchor,
@@ -30,11 +30,12 @@ class _ClassWeightedLoss(nn.Module):
 
     Class attributes:
         activation: the head the loss fits (``"softmax"`` / ``"sigmoid"``).
-        key: the config path of the loss's options, for messages (``"loss.focal"``).
+        config_key: where the loss's options live in the config, for messages; the component
+            table that builds the loss sets it to the key the user wrote (``"loss.focal"``).
     """
 
     activation: str
-    key: str
+    config_key: str = ""
 
     def __init__(self, class_weights: list[float] | None) -> None:
         super().__init__()
@@ -48,7 +49,7 @@ class _ClassWeightedLoss(nn.Module):
             return None
         if weights.shape[0] != logits.shape[-1]:
             raise ConfigError(
-                f"{self.key}.class_weights has {weights.shape[0]} values but the {self.activation} head "
+                f"{self.config_key or type(self).__name__}.class_weights has {weights.shape[0]} values but the {self.activation} head "
                 f"has {logits.shape[-1]} columns ({CLS_ACTIVATIONS[self.activation].columns})"
             )
         return weights.to(logits.dtype)
@@ -66,7 +67,6 @@ class SoftmaxCrossEntropy(_ClassWeightedLoss):
     """
 
     activation = "softmax"
-    key = "loss.softmax_ce"
 
     def __init__(self, *, class_weights: list[float] | None = None) -> None:
         super().__init__(class_weights)
@@ -84,7 +84,7 @@ class _AlphaLoss(_ClassWeightedLoss):
         super().__init__(class_weights)
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
         if bool(((alpha_t < 0) | (alpha_t > 1)).any()):
-            raise ConfigError(f"{self.key}.alpha must lie in [0, 1], got {alpha}")
+            raise OptionError("alpha", f"must lie in [0, 1], got {alpha}")
         self.register_buffer("alpha", alpha_t, persistent=False)
 
 
@@ -101,8 +101,6 @@ class FocalLoss(_AlphaLoss):
         class_weights: optional ``K`` multipliers of every term of a class column.
     """
 
-    key = "loss.focal"
-
     def __init__(
         self,
         *,
@@ -112,7 +110,7 @@ class FocalLoss(_AlphaLoss):
     ) -> None:
         super().__init__(alpha, class_weights)
         if gamma < 0:
-            raise ConfigError(f"{self.key}.gamma must be >= 0, got {gamma}")
+            raise OptionError("gamma", f"must be >= 0, got {gamma}")
         self.gamma = float(gamma)
 
     def extra_repr(self) -> str:
@@ -134,8 +132,6 @@ class BalancedCrossEntropy(_AlphaLoss):
         alpha: as :class:`FocalLoss`.
         class_weights: as :class:`FocalLoss`.
     """
-
-    key = "loss.balanced_ce"
 
     def __init__(
         self, *, alpha: float | list[float] = 0.25, class_weights: list[float] | None = None

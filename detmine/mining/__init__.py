@@ -1,6 +1,6 @@
 """Miners: which anchors' classification loss counts.
 
-Every miner is a small callable with one signature (see DESIGN.md)::
+Every miner is a small callable with one signature (see docs/architecture.md)::
 
     miner(cls_loss [B, A], labels [B, A], boxes [B, A, 4] | None) -> bool [B, A]
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detmine.components import build_component
+from detmine.components import ComponentTable
 from detmine.mining._common import BOX_SOURCES, NORMALIZE_BY
 from detmine.mining.all_anchors import AllAnchorsMiner
 from detmine.mining.ohem import OHEMMiner
@@ -41,13 +41,10 @@ from detmine.mining.random_sampling import RandomMiner
 from detmine.mining.record import Miner, MiningRecord
 from detmine.mining.ssd import SSDMiner
 
-#: name -> miner class (``mining.type``).
-MINERS: dict[str, type] = {
-    "all": AllAnchorsMiner,
-    "ssd": SSDMiner,
-    "ohem": OHEMMiner,
-    "random": RandomMiner,
-}
+#: name -> miner class (``mining.type``; options under ``mining.<name>``).
+MINERS = ComponentTable(
+    "miner", {"all": AllAnchorsMiner, "ssd": SSDMiner, "ohem": OHEMMiner, "random": RandomMiner}
+)
 
 
 def build_miner(type: str, **options: Any) -> Miner:
@@ -57,7 +54,7 @@ def build_miner(type: str, **options: Any) -> Miner:
         ConfigError: unknown type or option (one line, "did you mean", the valid ones), or a
             bad value (naming ``mining.<type>.<option>``).
     """
-    return build_component(MINERS, type, options, "mining")
+    return MINERS.build(type, options, key=f"mining.{type}", name_key="mining.type")
 
 
 __all__ = [

@@ -14,10 +14,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from detmine.errors import OptionError
+
 #: Valid values of a miner's ``box_source``.
 BOX_SOURCES: tuple[str | None, ...] = (None, "anchors", "predictions")
 #: Valid values of a miner's ``normalize_by``.
 NORMALIZE_BY: tuple[str, ...] = ("positives", "selected")
+
+
+def check_count(option: str, value: int, minimum: int) -> int:
+    """``value`` as an integer ``>= minimum``, or an :class:`OptionError` naming ``option``
+    (the option checks OHEM, random sampling and SSD share)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(option, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise OptionError(option, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def check_fraction(option: str, value: float, *, low_open: bool, allow_none: bool = False) -> float | None:
+    """``value`` as a number in ``(0, 1]`` (``low_open``) or ``[0, 1]``; ``None`` passes with
+    ``allow_none``. Otherwise an :class:`OptionError` naming ``option``."""
+    if value is None and allow_none:
+        return None
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not ((0.0 < value) if low_open else (0.0 <= value)) or value > 1.0:
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise OptionError(option, f"must be {'null or ' if allow_none else ''}a number in {interval}, got {value!r}")
+    return float(value)
 
 
 def check_miner_inputs(name: str, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None) -> tuple[int, int]:

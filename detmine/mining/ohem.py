@@ -10,12 +10,14 @@ Table 1d) compares against.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from detmine.errors import ConfigError
-from detmine.mining._common import check_miner_inputs
+from detmine.errors import ConfigError, OptionError
+from detmine.mining._common import check_count, check_fraction, check_miner_inputs
 
 #: Valid values of ``OHEMMiner(nms_boxes=...)``.
 NMS_BOXES = ("anchors", "predictions")
@@ -83,6 +85,8 @@ class OHEMMiner:
 
     box_source: str
     normalize_by: str = "selected"
+    #: where the options live in the config; the component table sets it when it builds one.
+    config_key: str = ""
 
     def __init__(
         self,
@@ -91,35 +95,19 @@ class OHEMMiner:
         nms_iou: float = 0.7,
         pos_fraction: float | None = None,
         pre_nms_topk: int = 1024,
-        nms_boxes: str = "anchors",
+        nms_boxes: Literal["anchors", "predictions"] = "anchors",
     ) -> None:
-        if isinstance(batch_size_per_image, bool) or not isinstance(batch_size_per_image, int):
-            raise ConfigError(
-                f"mining.ohem.batch_size_per_image must be an integer, got {batch_size_per_image!r}"
-            )
-        if batch_size_per_image < 1:
-            raise ConfigError(f"mining.ohem.batch_size_per_image must be >= 1, got {batch_size_per_image}")
-        if isinstance(nms_iou, bool) or not isinstance(nms_iou, (int, float)) or not 0.0 < nms_iou <= 1.0:
-            raise ConfigError(f"mining.ohem.nms_iou must be a number in (0, 1], got {nms_iou!r}")
-        if pos_fraction is not None and (
-            isinstance(pos_fraction, bool)
-            or not isinstance(pos_fraction, (int, float))
-            or not 0.0 < pos_fraction <= 1.0
-        ):
-            raise ConfigError(
-                f"mining.ohem.pos_fraction must be null or a number in (0, 1], got {pos_fraction!r}"
-            )
-        if isinstance(pre_nms_topk, bool) or not isinstance(pre_nms_topk, int):
-            raise ConfigError(f"mining.ohem.pre_nms_topk must be an integer, got {pre_nms_topk!r}")
+        check_count("batch_size_per_image", batch_size_per_image, 1)
+        check_fraction("nms_iou", nms_iou, low_open=True)
+        check_fraction("pos_fraction", pos_fraction, low_open=True, allow_none=True)
+        check_count("pre_nms_topk", pre_nms_topk, 1)
         if pre_nms_topk < batch_size_per_image:
-            raise ConfigError(
-                f"mining.ohem.pre_nms_topk must be >= mining.ohem.batch_size_per_image ({batch_size_per_image}), "
-                f"got {pre_nms_topk}"
+            raise OptionError(
+                "pre_nms_topk", f"must be >= batch_size_per_image ({batch_size_per_image}), got {pre_nms_topk}"
             )
         if nms_boxes not in NMS_BOXES:
-            raise ConfigError(
-                f"mining.ohem.nms_boxes must be one of {', '.join(repr(v) for v in NMS_BOXES)}, "
-                f"got {nms_boxes!r}"
+            raise OptionError(
+                "nms_boxes", f"must be one of {', '.join(repr(v) for v in NMS_BOXES)}, got {nms_boxes!r}"
             )
         self.batch_size_per_image = batch_size_per_image
         self.nms_iou = float(nms_iou)
@@ -212,7 +200,7 @@ class OHEMMiner:
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None) -> Tensor:
         if boxes is None:
             raise ConfigError(
-                f"mining.type 'ohem' runs NMS over boxes (mining.ohem.nms_boxes={self.box_source!r}), "
+                f"the ohem miner runs NMS over boxes ({self.config_key or 'OHEMMiner'}.nms_boxes={self.box_source!r}), "
                 "but the criterion passed boxes=None"
             )
         num_images, num_anchors = check_miner_inputs("ohem", cls_loss, labels, boxes)

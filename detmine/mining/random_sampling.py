@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detmine.errors import ConfigError
-from detmine.mining._common import check_miner_inputs
+from detmine.errors import OptionError
+from detmine.mining._common import check_count, check_fraction, check_miner_inputs
 
 
 class RandomMiner:
@@ -44,20 +44,10 @@ class RandomMiner:
     def __init__(
         self, *, batch_size_per_image: int = 256, pos_fraction: float = 0.5, seed: int | None = None
     ) -> None:
-        if isinstance(batch_size_per_image, bool) or not isinstance(batch_size_per_image, int):
-            raise ConfigError(
-                f"mining.random.batch_size_per_image must be an integer, got {batch_size_per_image!r}"
-            )
-        if batch_size_per_image < 1:
-            raise ConfigError(f"mining.random.batch_size_per_image must be >= 1, got {batch_size_per_image}")
-        if (
-            isinstance(pos_fraction, bool)
-            or not isinstance(pos_fraction, (int, float))
-            or not 0 <= pos_fraction <= 1
-        ):
-            raise ConfigError(f"mining.random.pos_fraction must be a number in [0, 1], got {pos_fraction!r}")
+        check_count("batch_size_per_image", batch_size_per_image, 1)
+        check_fraction("pos_fraction", pos_fraction, low_open=False)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigError(f"mining.random.seed must be null or an integer, got {seed!r}")
+            raise OptionError("seed", f"must be null or an integer, got {seed!r}")
         self.batch_size_per_image = batch_size_per_image
         self.pos_fraction = float(pos_fraction)
         self.seed = seed

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detmine.errors import ConfigError
-from detmine.mining._common import check_miner_inputs
+from detmine.errors import OptionError
+from detmine.mining._common import check_count, check_miner_inputs
 
 
 class SSDMiner:
@@ -57,9 +57,8 @@ class SSDMiner:
             or not isinstance(neg_pos_ratio, (int, float))
             or neg_pos_ratio < 0
         ):
-            raise ConfigError(f"mining.ssd.neg_pos_ratio must be a number >= 0, got {neg_pos_ratio!r}")
-        if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or min_negatives < 0:
-            raise ConfigError(f"mining.ssd.min_negatives must be an integer >= 0, got {min_negatives!r}")
+            raise OptionError("neg_pos_ratio", f"must be a number >= 0, got {neg_pos_ratio!r}")
+        check_count("min_negatives", min_negatives, 0)
         self.neg_pos_ratio = neg_pos_ratio
         self.min_negatives = min_negatives
 

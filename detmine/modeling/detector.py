@@ -21,6 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SizesArg = Sequence[Sequence[int]] | Tensor | None
 
+#: Where :meth:`DenseDetector.postprocess` takes its pre-NMS top-k: ``"level"`` -- per image and
+#: pyramid level over all (anchor, class) pairs (torchvision's RetinaNet); ``"class"`` -- per
+#: image and class over all anchors of the image (SSD, torchvision's SSD).
+TOPK_RULES = ("level", "class")
+
 
 def _sizes(sizes: SizesArg, batch: int, default: tuple[int, int], device: torch.device) -> Tensor:
     """``[B, 2]`` float ``(h, w)`` per image from a list of pairs / tensor / None (= default)."""
@@ -31,6 +36,45 @@ def _sizes(sizes: SizesArg, batch: int, default: tuple[int, int], device: torch.
     if out.shape[0] != batch:
         raise ValueError(f"got {out.shape[0]} sizes for a batch of {batch} images")
     return out
+
+
+def _topk_per_level(scores: Tensor, level_counts: Sequence[int], k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """RetinaNet's candidates: per image and level, the ``k`` best (anchor, class) pairs.
+
+    Args:
+        scores: ``[B, A, K]`` class probabilities; ``level_counts`` sum to ``A``.
+
+    Returns:
+        ``scores [B, C]``, ``anchor_idx [B, C]`` in ``0..A-1``, ``labels [B, C]`` in ``1..K``.
+    """
+    batch, _, num_classes = scores.shape
+    cand_scores, cand_idx = [], []
+    start = 0
+    for count in level_counts:
+        flat = scores[:, start : start + count].reshape(batch, -1)
+        top, idx = flat.topk(min(k, flat.shape[1]), dim=1)
+        cand_scores.append(top)
+        cand_idx.append(idx + start * num_classes)
+        start += count
+    flat_idx = torch.cat(cand_idx, dim=1)
+    anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+    return torch.cat(cand_scores, dim=1), anchor_idx, flat_idx % num_classes + 1
+
+
+def _topk_per_class(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """SSD's candidates: per image and class, the ``k`` best anchors of the whole image.
+
+    Args:
+        scores: ``[B, A, K]`` class probabilities.
+
+    Returns:
+        ``scores [B, C]``, ``anchor_idx [B, C]`` in ``0..A-1``, ``labels [B, C]`` in ``1..K``,
+        ``C = K * min(k, A)``, class-major.
+    """
+    batch, num_anchors, num_classes = scores.shape
+    top, anchor_idx = scores.transpose(1, 2).topk(min(k, num_anchors), dim=2)  # [B, K, k]
+    labels = torch.arange(1, num_classes + 1, device=scores.device).view(1, -1, 1).expand_as(anchor_idx)
+    return top.reshape(batch, -1), anchor_idx.reshape(batch, -1), labels.reshape(batch, -1)
 
 
 class DenseDetector(nn.Module):
@@ -159,6 +203,7 @@ class DenseDetector(nn.Module):
         topk_candidates: int = 1000,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        topk_per: str = "level",
     ) -> list[Detections]:
         """Forward + :meth:`postprocess` without gradients. See :meth:`postprocess` for the arguments."""
         outputs = self(images)
@@ -171,6 +216,7 @@ class DenseDetector(nn.Module):
             topk_candidates=topk_candidates,
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
+            topk_per=topk_per,
         )
 
     @torch.no_grad()
@@ -186,14 +232,21 @@ class DenseDetector(nn.Module):
         topk_candidates: int = 1000,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        topk_per: str = "level",
     ) -> list[Detections]:
-        """Decode, threshold, per-level top-k, batched NMS, map boxes to the original images.
+        """Decode, threshold, pre-NMS top-k, batched NMS, map boxes to the original images.
 
-        Semantics of torchvision's RetinaNet post-processing, batched over images: per image and
-        level, the ``topk_candidates`` best (anchor, class) scores above ``score_thresh`` are
-        decoded, clipped to the image's ``input_size``, and NMS'ed per class at ``nms_thresh``;
-        the ``detections_per_img`` best survive. Softmax scores skip the background column
-        (``outputs.class_scores()``).
+        Per image, the candidates are the scores above ``score_thresh`` among the
+        ``topk_candidates`` best of each group that ``topk_per`` names (:data:`TOPK_RULES`):
+
+        - ``"level"`` (torchvision's ``RetinaNet.postprocess_detections``): per pyramid level,
+          over all (anchor, class) pairs of the level;
+        - ``"class"`` (SSD, torchvision's ``SSD.postprocess_detections``): per class, over all
+          anchors of the image, so one class covering a level cannot crowd out another's.
+
+        Candidates are decoded, clipped to the image's ``input_size`` and NMS'ed per class at
+        ``nms_thresh``; the ``detections_per_img`` best survive. Softmax scores skip the
+        background column (``outputs.class_scores()``), sigmoid scores are one per class.
 
         Args:
             outputs: the forward's ``HeadOutputs`` for a batch of B images.
@@ -203,35 +256,30 @@ class DenseDetector(nn.Module):
                 by ``orig / input`` per axis.
             level_counts: anchors per pyramid level, overriding ``outputs.level_counts``; counts
                 that do not add up to ``A`` mean all anchors as one level (top-k over the image).
+                Unused by ``topk_per="class"``.
+            topk_per: ``"level"`` or ``"class"``; anything else is a ``ValueError``.
 
         Returns:
             One ``Detections`` per image: ``boxes [D, 4]`` float32 xyxy in original pixels,
             ``scores [D]``, ``labels [D]`` int64 in 1..K, sorted by decreasing score.
         """
+        if topk_per not in TOPK_RULES:
+            raise ValueError(f"topk_per must be one of {', '.join(map(repr, TOPK_RULES))}, got {topk_per!r}")
         logits, deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
         batch, num_anchors = logits.shape[:2]
         if batch == 0:
             return []
         device = logits.device
-        if level_counts is None:
-            level_counts = outputs.level_counts
-        if sum(level_counts) != num_anchors:
-            level_counts = [num_anchors]
         scores = outputs.class_scores()  # [B, A, K]
         num_classes = scores.shape[-1]
-
-        cand_scores, cand_idx = [], []
-        start = 0
-        for count in level_counts:
-            flat = scores[:, start : start + count].reshape(batch, -1)
-            top, idx = flat.topk(min(topk_candidates, flat.shape[1]), dim=1)
-            cand_scores.append(top)
-            cand_idx.append(idx + start * num_classes)
-            start += count
-        top_scores = torch.cat(cand_scores, dim=1)  # [B, C]
-        flat_idx = torch.cat(cand_idx, dim=1)
-        anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
-        labels = flat_idx % num_classes + 1
+        if topk_per == "class":
+            top_scores, anchor_idx, labels = _topk_per_class(scores, topk_candidates)  # [B, C] each
+        else:
+            if level_counts is None:
+                level_counts = outputs.level_counts
+            if sum(level_counts) != num_anchors:
+                level_counts = [num_anchors]
+            top_scores, anchor_idx, labels = _topk_per_level(scores, level_counts, topk_candidates)
 
         picked = deltas.float().gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
         boxes = self.box_coder.decode(picked, anchors[anchor_idx])  # [B, C, 4]

@@ -4,6 +4,9 @@ Files are read weights-only (:func:`read_weights_file`): a ``.pth`` whose pickle
 (anything but tensors, numbers, strings, lists and dicts) is refused, naming what it asked for;
 torchvision's ImageNet files are plain state dicts and load as they are.
 
+The tools' ``--trust-checkpoint`` reaches these files too: the model builder runs inside
+:func:`trusting_weights`, and a file read there may need the full unpickler (it can run code).
+
 Nothing is ever downloaded: ``weights`` names a file on disk, either a path or a bare file name
 found in torchvision's cache ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), where
 ``torchvision.models.resnet50(weights=...)`` would have put it on a machine with internet.
@@ -12,7 +15,9 @@ found in torchvision's cache ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_di
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -24,6 +29,21 @@ from detmine.errors import CheckpointError
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 _SHOW = 5  # how many offending keys a message names
+
+#: Whether backbone files read now may use the full unpickler (``--trust-checkpoint``).
+_TRUSTED: ContextVar[bool] = ContextVar("detmine_trusted_weights", default=False)
+
+
+@contextmanager
+def trusting_weights(trusted: bool = True) -> Iterator[None]:
+    """Inside the block, :func:`read_weights_file` loads ``.pth`` files that need the full
+    unpickler when ``trusted`` (the tools' ``--trust-checkpoint``): the zoo's builders take
+    ``weights`` from ``model.options`` and know nothing of the flag."""
+    token = _TRUSTED.set(bool(trusted))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def resolve_weights_path(weights: str | os.PathLike) -> Path:
@@ -42,9 +62,9 @@ def resolve_weights_path(weights: str | os.PathLike) -> Path:
     raise CheckpointError(f"weights file not found: looked for {where}")
 
 
-def read_weights_file(path: Path) -> object:
+def read_weights_file(path: Path, *, trusted: bool | None = None) -> object:
     """The content of a ``.pth`` (weights-only: never runs code from the file) or ``.safetensors``
-    weights file.
+    weights file. ``trusted`` (default: inside :func:`trusting_weights`) loads any pickle.
 
     Raises:
         CheckpointError: unreadable file, or a ``.pth`` that needs more than tensors, numbers,
@@ -63,9 +83,11 @@ def read_weights_file(path: Path) -> object:
             return read_safetensors(path, what="weights file")[0]
         return read_torch_file(
             path,
+            trusted=_TRUSTED.get() if trusted is None else trusted,
             what="weights file",
             hint="a weights file must be a plain state dict of tensors: re-save it with "
-            "torch.save(module.state_dict(), path) or as .safetensors",
+            "torch.save(module.state_dict(), path) or as .safetensors, or pass --trust-checkpoint "
+            "if you trust the file",
         )
     except UnsafeCheckpointError:
         raise

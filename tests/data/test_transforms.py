@@ -247,7 +247,9 @@ def test_zoom_out_and_shortest_edge() -> None:
 
 
 def test_bad_arguments_are_one_line_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown transform preset 'yolo'"):
+    with pytest.raises(
+        ConfigError, match=r"config key 'data\.train_transform' is 'yolo'; valid: 'ssd', 'retinanet', 'eval'"
+    ):
         build_transforms("yolo", 64)
     with pytest.raises(ConfigError, match="image_size"):
         build_transforms("ssd", 0)

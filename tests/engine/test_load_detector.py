@@ -32,7 +32,7 @@ def test_model_weights_fine_tunes_with_another_number_of_classes(tmp_path, capsy
     torch.save({"model": source.state_dict(), "ema": None, "config": {"data": {"image_size": 64}}}, path)
 
     model = builders.build_model_from_config(tiny(f"model.weights={path}"), 5)
-    note = capsys.readouterr().out
+    note = capsys.readouterr().err  # a diagnostic: stderr
     theirs, ours = source.state_dict(), model.state_dict()
     changed = sorted(k for k in ours if ours[k].shape != theirs[k].shape)
     assert changed and all("cls" in k for k in changed)  # only the classifier depends on K
@@ -63,7 +63,7 @@ def test_another_input_size_is_a_warning(tmp_path, capsys):
         path,
     )
     builders.load_detector(tiny(), 3, builders.read_detector_weights(path))
-    assert "trained at data.image_size=128, this run uses 64" in capsys.readouterr().out
+    assert "trained at data.image_size=128, this run uses 64" in capsys.readouterr().err
 
 
 def test_skipped_images_are_summed_up_once_at_the_end(tmp_path, tiny_coco_root, capsys):

@@ -6,7 +6,7 @@ from torchvision.ops import box_iou, nms
 
 import detmine.mining.ohem as ohem_module
 from detmine.errors import ConfigError
-from detmine.mining import OHEMMiner
+from detmine.mining import OHEMMiner, build_miner
 
 
 def _problem(batch: int, num_anchors: int, seed: int):
@@ -170,6 +170,8 @@ def test_box_source_is_nms_boxes_and_boxes_are_required(nms_boxes):
 
 def test_bad_nms_boxes_is_a_config_error():
     with pytest.raises(ConfigError, match=r"mining\.ohem\.nms_boxes.*'anchors', 'predictions'.*'decoded'"):
+        build_miner("ohem", nms_boxes="decoded")
+    with pytest.raises(ConfigError, match=r"^nms_boxes must be one of 'anchors', 'predictions', got 'decoded'"):
         OHEMMiner(nms_boxes="decoded")
 
 

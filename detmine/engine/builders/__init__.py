@@ -13,7 +13,6 @@ the valid options.
 """
 
 from detmine.engine.builders.data import (
-    EVAL_GEOMETRY_KEYS,
     batch_geometry,
     build_dataset_split,
     build_datasets,
@@ -42,7 +41,6 @@ from detmine.engine.builders.training import (
 )
 
 __all__ = [
-    "EVAL_GEOMETRY_KEYS",
     "DetectorWeights",
     "RunFolder",
     "batch_geometry",

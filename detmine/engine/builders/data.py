@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 
 from detmine import distributed as dist
-from detmine.components import check_names, check_options
 from detmine.config import Config
+from detmine.console import warn
 from detmine.errors import ConfigError
 
 
@@ -22,9 +22,6 @@ def prepare_data(cfg: Config) -> None:
         ensure_synthetic(cfg.data.root, progress=dist.is_main_process(), **cfg.data.synthetic)
 
 
-EVAL_GEOMETRY_KEYS = ("square", "max_size", "min_box_size")
-
-
 def eval_transform_options(cfg: Config) -> dict[str, Any]:
     """Keyword options of the ``eval`` preset: the geometry the recipe trains with.
 
@@ -34,19 +31,16 @@ def eval_transform_options(cfg: Config) -> dict[str, Any]:
     has ``square: true``). ``data.eval_transform_options`` overrides any of these. The eval
     preset never flips or crops.
     """
+    from detmine.data.transforms import resizes_to_square
+
     d = cfg.data
     train_opts = dict(d.transform_options)
-    if d.train_transform == "retinanet":
-        options: dict[str, Any] = {"square": bool(train_opts.get("square", False))}
-        if "max_size" in train_opts:
-            options["max_size"] = train_opts["max_size"]
-    else:
-        options = {"square": True}
+    options: dict[str, Any] = {"square": resizes_to_square(d.train_transform, train_opts.get("square"))}
+    if not options["square"] and "max_size" in train_opts:
+        options["max_size"] = train_opts["max_size"]
     if "min_box_size" in train_opts:
         options["min_box_size"] = train_opts["min_box_size"]
-    extra = dict(d.eval_transform_options)
-    check_names(extra, EVAL_GEOMETRY_KEYS, "data.eval_transform_options", note=" (evaluation never augments)")
-    options.update(extra)
+    options.update(d.eval_transform_options)  # names checked at load (EVAL_GEOMETRY_KEYS)
     return options
 
 
@@ -57,9 +51,7 @@ def build_dataset_split(cfg: Config, split: str, train: bool) -> Any:
 
     d = cfg.data
     if train:
-        t_opts = dict(d.transform_options)
-        check_options(build_transforms, t_opts, "data.transform_options", skip=("preset", "image_size"))
-        transform = build_transforms(d.train_transform, d.image_size, **t_opts)
+        transform = build_transforms(d.train_transform, d.image_size, **d.transform_options)
     else:
         transform = build_transforms("eval", d.image_size, **eval_transform_options(cfg))
     options = dict(d.options) if train else {**d.options, **d.val_options}
@@ -83,6 +75,11 @@ def build_datasets(cfg: Config) -> tuple[Any, Any]:
     the annotations are written into ``cfg.data.options.class_names``, so the run's
     config.yaml keeps the mapping for evaluation and prediction."""
     train_set = build_dataset_split(cfg, cfg.data.train_split, True)
+    if dist.is_main_process() and not has_objects(train_set):
+        warn(
+            f"the training split {cfg.data.train_split!r} of {cfg.data.root} has no annotated object in its "
+            f"{len(train_set)} images: nothing to learn but background"
+        )
     if cfg.data.kind == "voc" and cfg.data.options.get("class_names") is None:
         cfg.data.options["class_names"] = list(train_set.class_names)
         if dist.is_main_process():
@@ -92,6 +89,16 @@ def build_datasets(cfg: Config) -> tuple[Any, Any]:
                 "(saved in the run's config.yaml; set data.options.class_names to choose the order)"
             )
     return train_set, build_dataset_split(cfg, cfg.data.val_split, False)
+
+
+def has_objects(dataset: Any) -> bool:
+    """Whether any image of ``dataset`` has an object to learn (ignore regions do not count),
+    read from the annotations (``image_labels``) without decoding; True when the dataset does
+    not say."""
+    labels = getattr(dataset, "image_labels", None)
+    if not callable(labels):
+        return True
+    return any(labels(i) for i in range(len(dataset)))
 
 
 def per_process_batch(global_batch: int, what: str = "train.batch_size") -> int:
@@ -117,14 +124,18 @@ def batch_geometry(model: nn.Module | None) -> dict[str, Any]:
     return out
 
 
+#: ``build_dataloader`` parameters the loader builders set themselves (not ``data.loader_options``;
+#: ``size_divisible`` / ``pad_value`` are the model's, and the options may override them).
+LOADER_PASSED = ("dataset", "batch_size", "train", "num_workers", "distributed", "seed")
+
+
 def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
     """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
     sharded over the processes when distributed; per-process batch = global / world size;
     batches padded as ``model`` declares (:func:`batch_geometry`)."""
     from detmine.data.loader import build_dataloader
 
-    opts = dict(cfg.data.loader_options)
-    check_options(build_dataloader, opts, "data.loader_options", skip=("dataset", "batch_size", "train"))
+    opts = dict(cfg.data.loader_options)  # names and types checked at load
     return build_dataloader(
         dataset,
         per_process_batch(cfg.train.batch_size),

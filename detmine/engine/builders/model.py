@@ -3,7 +3,6 @@ the tools)."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,29 +10,21 @@ from typing import Any
 from torch import nn
 
 from detmine import distributed as dist
-from detmine.components import check_options
 from detmine.config import Config
-from detmine.errors import ConfigError
+from detmine.console import log
 
 
 def build_model_from_config(
     cfg: Config, num_classes: int, *, load_weights: bool = True, trust_checkpoint: bool = False
 ) -> nn.Module:
     """``build_model(model.name, num_classes, **model.options)``, then ``model.weights`` if set
-    (and ``load_weights``)."""
+    (and ``load_weights``); ``trust_checkpoint`` lets both the backbone files of
+    ``model.options.weights`` and ``model.weights`` use the full unpickler."""
     from detmine import modeling
+    from detmine.modeling.weights import trusting_weights
 
-    name, options = cfg.model.name, dict(cfg.model.options)
-    table = getattr(modeling, "MODELS", None)
-    if isinstance(table, dict):
-        if name not in table:
-            hint = difflib.get_close_matches(name, list(table), n=1)
-            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
-            raise ConfigError(
-                f"config key 'model.name' is {name!r}; {did_you_mean}valid models: {', '.join(table)}"
-            )
-        check_options(table[name], options, "model.options", skip=("num_classes",))
-    model = modeling.build_model(name, num_classes, **options)
+    with trusting_weights(trust_checkpoint):
+        model = modeling.build_model(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.model.weights and load_weights:
         load_model_weights(model, cfg.model.weights, cfg=cfg, trusted=trust_checkpoint)
     return model
@@ -43,7 +34,7 @@ def _warn_input_size(state: dict[str, Any], cfg: Config | None, path: str | Path
     saved = state.get("config")
     trained = saved.get("data", {}).get("image_size") if isinstance(saved, dict) else None
     if cfg is not None and trained is not None and trained != cfg.data.image_size and dist.is_main_process():
-        print(
+        log(
             f"warning: {path} was trained at data.image_size={trained}, this run uses "
             f"{cfg.data.image_size}; detections may be worse at a size the model has not seen"
         )
@@ -63,7 +54,7 @@ def load_model_weights(
     skipped = load_model_state(model, weights, source=str(path), partial=True)
     if skipped and dist.is_main_process():
         shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
-        print(
+        log(
             f"note: model.weights {path}: {len(skipped)} tensors do not fit and keep their initialisation: {shown}"
         )
     _warn_input_size(state, cfg, path)
@@ -95,14 +86,15 @@ def read_detector_weights(
 
 
 def load_detector(
-    cfg: Config, num_classes: int, weights: DetectorWeights, *, device: Any = "cpu"
+    cfg: Config, num_classes: int, weights: DetectorWeights, *, device: Any = "cpu", trusted: bool = False
 ) -> nn.Module:
     """The detector of ``cfg`` with ``weights`` (see :func:`read_detector_weights`), in eval mode
     on ``device``, for every tool (evaluate, visualise, export, predict). Weights that do not fit
-    raise one line naming the first mismatching tensors with both shapes."""
+    raise one line naming the first mismatching tensors with both shapes; ``trusted``: backbone
+    files of ``model.options.weights`` may need the full unpickler."""
     from detmine.engine.checkpoint import load_model_state
 
-    model = build_model_from_config(cfg, num_classes, load_weights=False)
+    model = build_model_from_config(cfg, num_classes, load_weights=False, trust_checkpoint=trusted)
     load_model_state(model, weights.state_dict, source=weights.path)
     _warn_input_size({"config": weights.config}, cfg, weights.path)
     return model.to(device).eval()
@@ -111,14 +103,13 @@ def load_detector(
 def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
     """The criterion for ``model``'s head (activation, box coder) from the ``matching``,
     ``loss`` and ``mining`` sections (unset components: the head's defaults)."""
-    import dataclasses
 
     from detmine.criterion import build_criterion
 
     return build_criterion(
         model.cls_activation,
         model.box_coder,
-        matching=dataclasses.asdict(cfg.matching),
+        matching=cfg.matching.matcher_options(),
         loss=cfg.loss.criterion_options(),
         mining=cfg.mining.criterion_options(),
     )
@@ -141,4 +132,4 @@ def detector_for_split(
     chosen = read_detector_weights(checkpoint, weights=weights, trusted=trusted)
     prepare_data(cfg)
     dataset = build_dataset_split(cfg, split, train=False)
-    return load_detector(cfg, dataset.num_classes, chosen, device=device), dataset, chosen
+    return load_detector(cfg, dataset.num_classes, chosen, device=device, trusted=trusted), dataset, chosen

@@ -20,6 +20,7 @@ from detmine.engine.checkpoint import CheckpointManager
 from detmine.engine.resume import ConfigChanges, check_resume_config
 from detmine.engine.safe_io import atomic_write_text, write_error
 from detmine.errors import CheckpointError, ConfigError
+from detmine.run_lock import RunLock
 
 
 def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:
@@ -80,7 +81,9 @@ class RunFolder:
     A fresh run into a folder that holds checkpoints or metrics is refused unless
     ``overwrite`` (which deletes them first); a resumed run checks the checkpoint's config
     (:mod:`detmine.engine.resume`), keeps the history of accepted changes in the header of
-    ``config.yaml`` and cuts ``metrics.jsonl`` back to the resumed iteration.
+    ``config.yaml`` and cuts ``metrics.jsonl`` back to the resumed iteration. A fresh run writes
+    ``config.yaml`` in :meth:`open`; a resumed one with :meth:`save_config` once its state
+    loaded, so a resume that fails leaves the file as it was.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class RunFolder:
         self.trust_checkpoint = trust_checkpoint
         self.checkpoints = CheckpointManager(self.path, keep_last=cfg.train.keep_last)
         self.history: list[str] = []
+        self.lock: RunLock | None = None
 
     @property
     def metrics(self) -> Path:
@@ -101,6 +105,7 @@ class RunFolder:
     def open(self) -> tuple[dict[str, Any] | None, ConfigChanges]:
         """Prepare the folder; returns ``(checkpoint state to resume from or None, changes)``.
         Every process reads and checks; the main one clears and writes."""
+        self.lock = lock_run_folder(self.path)  # before anything reads or writes here
         resuming = self.cfg.train.resume
         state = (
             self.checkpoints.load_latest(map_location="cpu", trusted=self.trust_checkpoint)
@@ -136,16 +141,64 @@ class RunFolder:
             self.history = self._previous_history()
             if changes.recorded:
                 described = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.recorded.items())
-                self.history.append(
-                    f"resumed at iteration {int(state['iteration'])} with changes: {described}"
-                )
+                self.history.append(f"resumed at iteration {_iteration(state)} with changes: {described}")
         if dist.is_main_process():
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise write_error(self.path, exc, "run folder") from None
-            save_config(self.cfg, self.path / "config.yaml", header=self.history)
+        if state is None:
+            self.save_config()  # a fresh run: what is about to run
         return state, changes
+
+    def save_config(self) -> None:
+        """Write ``config.yaml`` (the resolved config under the history header), main process."""
+        if dist.is_main_process():
+            save_config(self.cfg, self.path / "config.yaml", header=self.history)
+
+    def check_length(self, state: dict[str, Any] | None, max_iters: int) -> None:
+        """Refuse to resume a checkpoint beyond the run's length (config.yaml would say a
+        shorter run than the weights had).
+
+        Raises:
+            ConfigError: naming the configured length and the checkpoint's iteration.
+        """
+        done = _iteration(state)
+        if done is None or done <= max_iters:
+            return
+        t = self.cfg.train
+        length = (
+            f"train.max_iters={t.max_iters}"
+            if t.max_iters > 0
+            else f"train.epochs={t.epochs} ({max_iters} iterations)"
+        )
+        raise ConfigError(
+            f"{length} is below iteration {done} of {self.checkpoints.latest()}, which --resume continues; "
+            f"resume with a length of at least {done} iterations, or start again with --overwrite"
+        )
+
+    def finished(self, state: dict[str, Any] | None, max_iters: int, *, evaluates: bool) -> bool:
+        """Whether ``state`` ends a completed run: it is at ``max_iters`` and, when the run
+        evaluates, ``metrics.jsonl`` holds an evaluation of that iteration (a run stopped by a
+        signal during its last step has not done its end-of-training work yet)."""
+        if _iteration(state) != max_iters:
+            return False
+        return not evaluates or any(
+            r.get("type") == "eval" and r.get("iteration") == max_iters for r in self._records()
+        )
+
+    def _records(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def _previous_history(self) -> list[str]:
         path = self.path / "config.yaml"
@@ -172,6 +225,46 @@ class RunFolder:
                 continue  # a line cut short by the kill
         if len(kept) != len(lines):
             atomic_write_text(self.metrics, "".join(line + "\n" for line in kept), what="metrics file")
+
+
+def lock_run_folder(path: Path) -> RunLock | None:
+    """The main process takes ``path``'s :class:`~detmine.run_lock.RunLock` (held until the
+    trainer closes or the process ends); every process raises its refusal (a ConfigError
+    naming the holder). None on other ranks, and when ``path`` is a file (refused later)."""
+    lock, refusal = None, None
+    if dist.is_main_process() and not (path.exists() and not path.is_dir()):
+        try:
+            lock = RunLock(path).acquire()
+        except (ConfigError, CheckpointError) as exc:
+            refusal = (type(exc), str(exc))
+    refusal = dist.broadcast_object(refusal)
+    if refusal is not None:
+        raise refusal[0](refusal[1])
+    return lock
+
+
+class RunLockHook:
+    """The last hook: gives the run folder's lock back when training ends (``close``)."""
+
+    name = ""
+
+    def __init__(self, lock: RunLock | None) -> None:
+        self.lock = lock
+
+    def before_train(self, trainer: Any) -> None:
+        pass
+
+    after_step = after_train = on_stop = before_train
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _iteration(state: dict[str, Any] | None) -> int | None:
+    """The iteration a checkpoint was written at (None: no state, or not a training checkpoint)."""
+    value = state.get("iteration") if state is not None else None
+    return int(value) if isinstance(value, int | float) else None
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -231,7 +324,12 @@ def build_trainer(
     """A ready :class:`~detmine.engine.trainer.Trainer` for ``cfg``: loaders over the two
     datasets, optimisation parts, hooks, and -- with ``train.resume`` -- the state of the
     newest checkpoint in ``output_dir`` restored (see :class:`RunFolder` for the folder rules;
-    ``trust_checkpoint`` allows a checkpoint that needs full unpickling)."""
+    ``trust_checkpoint`` allows a checkpoint that needs full unpickling).
+
+    A resumed run whose checkpoint is past ``max_iters`` is refused (:class:`ConfigError`); one
+    that already finished (:meth:`RunFolder.finished`) says so in one line and gets a trainer
+    without observing hooks (``train()`` does nothing, ``storage["already_finished"]`` is True),
+    so metrics.jsonl and config.yaml stay as they are."""
     from detmine.engine.trainer import Trainer
 
     device = dist.pick_device(cfg.train.device, key="train.device")
@@ -243,6 +341,8 @@ def build_trainer(
         cfg, overwrite=overwrite, allow_config_change=allow_config_change, trust_checkpoint=trust_checkpoint
     )
     state, changes = run.open()
+    run.check_length(state, max_iters)
+    finished = run.finished(state, max_iters, evaluates=val_loader is not None)
     net, ema, optimizer, scheduler, scaler, amp_dtype = build_optimization(
         cfg, model, device, max_iters, steps
     )
@@ -252,7 +352,10 @@ def build_trainer(
         optimizer=optimizer,
         scheduler=scheduler,
         data_loader=train_loader,
-        hooks=build_hooks(cfg, run, val_loader, val_set, class_names),
+        hooks=[
+            *([] if finished else build_hooks(cfg, run, val_loader, val_set, class_names)),
+            RunLockHook(run.lock),
+        ],
         max_iters=max_iters,
         device=device,
         amp_dtype=amp_dtype,
@@ -271,7 +374,16 @@ def build_trainer(
         for hook in trainer.hooks:
             if hook.name == "evaluation":
                 hook.load_state_dict({"best_metric": state["best_metric"]})
+    if finished:
+        trainer.storage["already_finished"] = True
+        if dist.is_main_process():
+            log(
+                f"note: the run in {run.path} already finished at iteration {trainer.iteration} ({source}); "
+                "nothing to do -- give a larger train.max_iters to train on"
+            )
+        return trainer
     run.truncate_metrics(trainer.iteration)
+    run.save_config()  # after the state loaded: the history line is true
     if dist.is_main_process():
         log(f"resumed from {source} at iteration {trainer.iteration}")
         if changes.length:
