@@ -3,7 +3,7 @@
 
     python bench/loss_side.py [--case ssd|retinanet|all] [--device cpu|cuda] [--iters 3] [--seed 0]
 
-Cases (the sizes of DESIGN.md "Performance"):
+Cases (the sizes of docs/architecture.md, "Performance goals"):
 
 - ``ssd``: SSD300, 8732 default boxes, batch 32, 81 softmax columns. detmine:
   ``build_criterion("softmax", ...)`` with the ``ssd`` preset and the ``ssd`` miner

@@ -14,7 +14,7 @@ between two set-ups (so load from other processes hits both alike):
 
 and times one ``log`` call on its own. Reports the mean step time of each, the measured
 overhead, and the overhead implied at ``period``: ``log_time / (period * step_time)``
-(the measured number stays noisy on a shared CPU; the implied one much less). Goal (DESIGN.md):
+(the measured number stays noisy on a shared CPU; the implied one much less). Goal (docs/architecture.md, "Performance goals"):
 off = no cost, on at the default period <= 5%. Never a timed assertion: it only prints.
 """
 

@@ -56,6 +56,15 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     return True
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module behind DistributedDataParallel / DataParallel (which hide ``predict`` and the
+    head's attributes); any other module as it is."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

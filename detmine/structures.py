@@ -1,6 +1,6 @@
 """Data structures shared by the data pipeline, the models, the criterion and the tools.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/architecture.md):
 - Boxes are ``xyxy`` float32 tensors in pixels of the network input.
 - Class labels are contiguous ``1..K``; ``0`` is background; ``-1`` is ignore.
 """

@@ -2,7 +2,7 @@
 
 Every dataset returns ``(image uint8 [3, H, W], Target)`` per item (a falsy
 :class:`SkippedSample` for a skipped bad image) and exposes the class-id mapping, ``image_labels`` / ``image_size`` without decoding,
-and ``coco_gt_dict()`` for evaluation (see DESIGN.md, "Dataset" contract).
+and ``coco_gt_dict()`` for evaluation (see docs/architecture.md, "Contracts").
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def as_labels(values: list[int]) -> np.ndarray:
 
 
 class RecordDataset(Dataset):
-    """Base ``Dataset`` over a list of :class:`ImageRecord` (see DESIGN.md's Dataset contract).
+    """Base ``Dataset`` over a list of :class:`ImageRecord` (see docs/architecture.md, "Contracts").
 
     Subclasses fill ``self.records``, ``self.class_names`` and the two id mappings, then
     call :meth:`_finish_init`.

@@ -303,11 +303,6 @@ class CocoEvaluator:
         return "\n\n".join(parts)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module behind DistributedDataParallel / DataParallel (which hide ``predict``)."""
-    return getattr(model, "module", model) if not hasattr(model, "predict") else model
-
-
 def evaluate(
     model: torch.nn.Module,
     loader: Iterable,
@@ -341,7 +336,7 @@ def evaluate(
         :class:`EvalResult` on the main rank, None on the others.
     """
     evaluator = CocoEvaluator(dataset, backend=backend, metrics=metrics, gather_fn=gather_fn, is_main=is_main)
-    net = _unwrap(model)
+    net = distributed.unwrap(model)
     if device is None:
         param = next(iter(net.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")

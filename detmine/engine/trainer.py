@@ -31,16 +31,12 @@ import torch
 from torch import nn
 
 from detmine import distributed as dist
+from detmine.distributed import unwrap
 from detmine.console import log
 from detmine.engine.checkpoint import load_model_state, validate_checkpoint
 from detmine.engine.run_state import DataStream, rng_state, set_rng_state
 from detmine.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from detmine.structures import Target
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module behind DistributedDataParallel."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def targets_to(targets: list[Target], device: torch.device) -> list[Target]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 class Miner(Protocol):
-    """Signature every miner follows (see DESIGN.md).
+    """Signature every miner follows (see docs/architecture.md).
 
     Args:
         cls_loss: ``[B, A]`` per-anchor classification loss (detached or not; miners

@@ -1,6 +1,6 @@
 """Small fakes of the dataset, detector and criterion contracts for engine tests.
 
-They follow the contracts of DESIGN.md / the brief (``HeadOutputs``, ``Target``,
+They follow the contracts of docs/architecture.md (``HeadOutputs``, ``Target``,
 ``Detections``, ``MiningRecord``) and draw random numbers in the data (noise) and the
 model (dropout), so a resume test also checks that the RNG states come back.
 """

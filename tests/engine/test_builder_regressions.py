@@ -47,7 +47,7 @@ def _config(tiny_synthetic_root, tmp_path, *overrides):
     )
 
 
-def _assert_padded_with(images: torch.Tensor, targets: list, fill: tuple[int, ...]) -> None:
+def _assert_padded_with(images: torch.Tensor, targets: list, fill: tuple[int, ...], which: str) -> None:
     """Every pixel right of / below an image's ``input_size`` holds ``fill`` per channel."""
     assert images.dtype == torch.uint8
     padded = 0
@@ -55,7 +55,7 @@ def _assert_padded_with(images: torch.Tensor, targets: list, fill: tuple[int, ..
         h, w = target["input_size"]
         for channel, value in enumerate(fill):
             below, right = image[channel, h:, :], image[channel, :, w:]
-            assert below.eq(value).all() and right.eq(value).all(), (channel, value, h, w)
+            assert below.eq(value).all() and right.eq(value).all(), (which, channel, value, h, w)
             padded += below.numel() + right.numel()
     assert padded > 0, "no padding in the batch: the check would prove nothing"
 
@@ -65,14 +65,15 @@ def test_both_loaders_pad_with_the_models_pad_value(tiny_synthetic_root, tmp_pat
     train_set, val_set = builders.build_datasets(cfg)
     model = builders.build_model_from_config(cfg, train_set.num_classes)
     assert model.size_divisible == 32
-    for loader in (
-        builders.build_train_loader(cfg, train_set, model),
-        builders.build_val_loader(cfg, val_set, model),
-    ):
+    loaders = {
+        "train": builders.build_train_loader(cfg, train_set, model),
+        "val": builders.build_val_loader(cfg, val_set, model),
+    }
+    for which, loader in loaders.items():
         images, targets = next(iter(loader))
-        assert tuple(images.shape[-2:]) == (64, 64)
-        assert all(tuple(t["input_size"]) == (48, 48) for t in targets)
-        _assert_padded_with(images, targets, IMAGENET_PAD_UINT8)
+        assert tuple(images.shape[-2:]) == (64, 64), which
+        assert all(tuple(t["input_size"]) == (48, 48) for t in targets), which
+        _assert_padded_with(images, targets, IMAGENET_PAD_UINT8, which)
 
 
 def _train_and_record(cfg, monkeypatch) -> list[list[dict]]:

@@ -11,7 +11,14 @@ from detmine.engine import builders
 
 def _config(root):
     return load_config(
-        None, ["data.kind=coco", f"data.root={root}", "data.image_size=64", "data.num_workers=0"]
+        None,
+        [
+            "data.kind=coco",
+            f"data.root={root}",
+            "data.image_size=64",
+            "data.num_workers=0",
+            "train.max_iters=1",
+        ],
     )
 
 

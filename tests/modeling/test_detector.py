@@ -325,9 +325,13 @@ def test_the_activation_is_the_heads_and_travels_with_the_outputs():
 
 
 def test_build_model_errors_name_the_valid_choices():
-    with pytest.raises(ConfigError, match="unknown model 'yolo'; valid models: ssd300_vgg16, .*ssdlite_tiny"):
+    with pytest.raises(ConfigError, match="config key 'model.name' is 'yolo'; valid: 'ssd300_vgg16', .*'ssdlite_tiny'"):
         build_model("yolo", 3)
-    with pytest.raises(ConfigError, match="no option 'fpn_chanels'; valid options: .*fpn_channels"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'model\.options\.fpn_chanels' for retinanet_tiny_fpn; "
+        r"did you mean 'model\.options\.fpn_channels'\? valid options: .*fpn_channels",
+    ):
         build_model("retinanet_tiny_fpn", 3, fpn_chanels=32)
     with pytest.raises(ConfigError, match="num_classes must be a positive integer"):
         build_model("ssdlite_tiny", 0)
