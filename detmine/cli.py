@@ -36,6 +36,27 @@ def add_version_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """What every tool takes: ``--version`` and ``--plugin`` (repeatable: a module or a ``.py``
+    file imported before the config is checked, so its components can be named; saved with a
+    training run's config)."""
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file that registers components (miners, losses, hooks ...); repeatable",
+    )
+    return add_version_argument(parser)
+
+
+def import_tool_plugins(args: argparse.Namespace) -> None:
+    """Import ``--plugin`` for a tool that loads no config (the others pass them to ``load_config``)."""
+    from detmine.plugins import import_plugins
+
+    import_plugins(getattr(args, "plugin", None) or [])
+
+
 TRUST_HELP = (
     "load a checkpoint that needs the full unpickler (it can run code: only files you trust, "
     "e.g. your own from detmine 0.1)"
@@ -44,7 +65,7 @@ TRUST_HELP = (
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments every tool over a trained detector shares: ``config``, ``checkpoint``,
-    ``--weights``, ``--device``, ``--trust-checkpoint`` and ``--version``."""
+    ``--weights``, ``--device``, ``--trust-checkpoint``, ``--plugin`` and ``--version``."""
     parser.add_argument("config", help="recipe YAML (configs/*.yaml) or a run's config.yaml")
     parser.add_argument(
         "checkpoint", help="a detmine checkpoint (.pth), an exported .safetensors or a bare model state dict"
@@ -59,7 +80,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
     )
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    return add_version_argument(parser)
+    return add_common_arguments(parser)
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> argparse.ArgumentParser:

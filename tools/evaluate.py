@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from detmine import distributed as dist
     from detmine.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    # evaluation builds the data and the model only: the loss / mining / hooks sections are not checked
+    cfg = load_config(args.config, args.overrides, plugins=args.plugin, sections=("data", "model"))
     dist.init_distributed()
     try:
         return _evaluate_checkpoint(args, cfg)

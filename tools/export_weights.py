@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detmine.cli import TRUST_HELP, add_version_argument, run_tool
+from detmine.cli import TRUST_HELP, add_common_arguments, import_tool_plugins, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,11 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
     )
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    add_version_argument(parser)
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
+    import_tool_plugins(args)
     from detmine.engine.checkpoint import load_checkpoint
     from detmine.engine.export import export_safetensors
 

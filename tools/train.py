@@ -23,7 +23,7 @@ import argparse
 import sys
 import time
 
-from detmine.cli import TRUST_HELP, add_overrides_argument, add_version_argument, run_tool
+from detmine.cli import TRUST_HELP, add_common_arguments, add_overrides_argument, run_tool
 from detmine.errors import TrainingInterrupted
 
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", default=None, help="run folder (overrides output_dir of the config)")
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    add_version_argument(parser)
+    add_common_arguments(parser)
     return parser.parse_intermixed_args(argv)
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if args.resume:
         overrides.append("train.resume=true")
-    cfg = load_config(args.config, overrides)  # before the heavy imports: config errors are instant
+    cfg = load_config(args.config, overrides, plugins=args.plugin)  # before the heavy imports: config errors are instant
 
     from detmine import distributed as dist
     from detmine.engine import builders

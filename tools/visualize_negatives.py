@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from detmine.config import load_config
+    from detmine.config.loading import COMPONENT_SECTIONS
     from detmine.console import Progress
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
 
-    cfg = load_config(args.config, args.overrides)
+    used = [s for s in COMPONENT_SECTIONS if s != "hooks"]  # the criterion, not training's hooks
+    cfg = load_config(args.config, args.overrides, plugins=args.plugin, sections=used)
     split = args.split or cfg.data.val_split
     device = pick_device(args.device or cfg.train.device)
     out_dir = (

@@ -391,7 +391,7 @@ def _check_numpy_rng(npy: Any, field: str) -> _Problem:
     else:
         return field, npy, expected
     kind, keys, pos, has_gauss, cached = values
-    ok = kind == "MT19937" and _words(keys, 624) and _is_int(pos) and int(pos) <= 624
+    ok = kind == "MT19937" and _words(keys, 624) and _is_int(pos) and int(pos or 0) <= 624
     if not (ok and _is_int(has_gauss) and _is_number(cached)):
         return field, npy, expected
     return None

@@ -5,7 +5,10 @@ Writing: :func:`atomic_write_bytes` / :func:`atomic_write_text` write a temporar
 over the destination, so a crash leaves the old file or the new one, never half of one. Any
 ``OSError`` (read-only folder, full disk, a path under a file...) becomes one
 :class:`~detmine.errors.CheckpointError` line naming the path and the cause (``[ENOSPC]``...);
-the previous file is untouched and the temporary file removed.
+the previous file is untouched and the temporary file removed. The file gets the mode a plain
+``open(path, "w")`` would give it (``0o666`` less the umask), not ``mkstemp``'s 0600.
+:func:`check_writable` / :func:`prepare_output_dir` check an output location before a long job
+(the tools: evaluate, visualize_negatives, export_weights), in the same one-line form.
 
 Reading: a ``.pth`` file is a pickle, and unpickling can run any code the file names (a
 ``__reduce__`` that calls ``os.system``). :func:`read_torch_file` therefore loads with
@@ -13,8 +16,11 @@ Reading: a ``.pth`` file is a pickle, and unpickling can run any code the file n
 checkpoint written by detmine contains -- and refuses a file that needs more with
 :class:`UnsafeCheckpointError`, naming the first global it asked for. Only ``trusted=True``
 (the tools' ``--trust-checkpoint``) loads such a file with the full unpickler.
+A plain ``pickle.dump`` file (not ``torch.save``'s format) is named as such, with the first
+global it needs, found by reading its opcodes (nothing runs).
 ``.safetensors`` files (:func:`read_safetensors`, recognised by content whatever their name)
-hold only tensors and a string table of metadata and never run code.
+hold only tensors and a string table of metadata and never run code; detmine's JSON metadata
+is parsed with bounds on size and depth (:func:`parse_metadata_json`).
 
 Imports no torch at module level, so light modules (the config writer) can use the writers.
 """
@@ -48,8 +54,8 @@ _HINTS = {
     errno.EROFS: "the file system is read-only; choose another {where}",
     errno.ENOSPC: "the disk is full; free space (or lower train.keep_last)",
     errno.EDQUOT: "the disk quota is exhausted; free space (or lower train.keep_last)",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.EEXIST: "a part of the path is a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another {where}",
+    errno.EEXIST: "a part of the path is a file, not a folder; choose another {where}",
     errno.EISDIR: "the path is a folder; name a file",
     errno.ENAMETOOLONG: "the path is too long",
 }
@@ -374,9 +380,9 @@ def _plain_pickle_global(path: Path) -> tuple[bool, str | None]:
                 if op.name == "MEMOIZE":
                     memo[len(memo)] = pushed[-1] if pushed else None
                 elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = pushed[-1] if pushed else None
+                    memo[int(arg or 0)] = pushed[-1] if pushed else None
                 elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed.append(memo.get(int(arg)))
+                    pushed.append(memo.get(int(arg or 0)))
                 elif op.name not in _PUSH_OPS:
                     pushed.append(arg if op.name in _STRING_OPS else None)
     except (OSError, ValueError, EOFError):  # not a pickle at all: garbage

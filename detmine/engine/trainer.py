@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from detmine import distributed as dist
-from detmine.distributed import unwrap
 from detmine.console import log
+from detmine.distributed import unwrap
 from detmine.engine.checkpoint import load_model_state, validate_checkpoint
 from detmine.engine.run_state import DataStream, rng_state, set_rng_state
 from detmine.errors import CheckpointError, NonFiniteError, TrainingInterrupted

@@ -342,7 +342,7 @@ def build_trainer(
     )
     state, changes = run.open()
     run.check_length(state, max_iters)
-    finished = run.finished(state, max_iters, evaluates=val_loader is not None)
+    finished = bool(dist.broadcast_object(run.finished(state, max_iters, evaluates=val_loader is not None)))
     net, ema, optimizer, scheduler, scaler, amp_dtype = build_optimization(
         cfg, model, device, max_iters, steps
     )
@@ -368,6 +368,15 @@ def build_trainer(
         if cfg.train.resume:
             run.truncate_metrics(0)
         return trainer
+    _restore(trainer, run, state, changes, finished=finished)
+    return trainer
+
+
+def _restore(
+    trainer: Any, run: RunFolder, state: dict[str, Any], changes: ConfigChanges, *, finished: bool
+) -> None:
+    """Load the checkpoint's ``state`` into ``trainer``; then, unless the run had ``finished``,
+    cut metrics.jsonl back to its iteration and write config.yaml with the new history line."""
     source = str(run.checkpoints.latest())
     trainer.load_state_dict(state, source=source, fresh_optimizer="train.optimizer" in changes.other)
     if "hooks" not in state and state.get("best_metric") is not None:  # a checkpoint of detmine 0.1
@@ -381,7 +390,7 @@ def build_trainer(
                 f"note: the run in {run.path} already finished at iteration {trainer.iteration} ({source}); "
                 "nothing to do -- give a larger train.max_iters to train on"
             )
-        return trainer
+        return
     run.truncate_metrics(trainer.iteration)
     run.save_config()  # after the state loaded: the history line is true
     if dist.is_main_process():
@@ -389,8 +398,7 @@ def build_trainer(
         if changes.length:
             log(
                 f"warning: training length changed ({changes.describe('length')}); the learning-rate "
-                f"schedule is re-stretched over {max_iters} iterations"
+                f"schedule is re-stretched over {trainer.max_iters} iterations"
             )
         if changes.other:
             log(f"warning: resuming with a changed config: {changes.describe()}")
-    return trainer
