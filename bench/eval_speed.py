@@ -7,7 +7,7 @@ A synthetic COCO-val-like ground truth (log-uniform box sizes, so small / medium
 all populated, ~1% crowd boxes) and realistic noisy detections: jittered copies of the
 ground truth with scores that grow with the localisation quality, some with the wrong class,
 plus background false positives, capped at ``--dets-per-image`` per image. Both backends go
-through :func:`detmine.engine.coco_eval.coco_bbox_eval` (index build, loadRes, evaluate,
+through :func:`detmine.evaluation.coco_eval.coco_bbox_eval` (index build, loadRes, evaluate,
 accumulate, summarize), one after the other in one process. Prints both times (wall clock,
 and process CPU time, which a busy shared machine disturbs less), the ratios,
 and the largest difference of the 12 COCO numbers and of the precision array; exits 1 if
@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from detmine.engine.coco_eval import coco_bbox_eval
-from detmine.engine.coco_table import COCO_STAT_NAMES
+from detmine.evaluation.coco_eval import coco_bbox_eval
+from detmine.evaluation.coco_table import COCO_STAT_NAMES
 
 
 def make_ground_truth(

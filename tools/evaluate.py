@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     from detmine import distributed as dist
     from detmine.engine import builders
-    from detmine.engine.evaluator import evaluate
-    from detmine.engine.safe_io import check_writable
+    from detmine.evaluation.evaluator import evaluate
+    from detmine.safe_io import check_writable
 
     split = args.split or cfg.data.val_split
     backend = args.backend or cfg.eval.backend
@@ -116,8 +116,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
 def _write(path: Path, text: str, what: str) -> None:
     """Write ``text`` to ``path`` atomically; a failure is one line that says the table above
     is complete."""
-    from detmine.engine.safe_io import atomic_write_text
     from detmine.errors import CheckpointError
+    from detmine.safe_io import atomic_write_text
 
     try:
         atomic_write_text(path, text, what=what, where="--out")

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_png(path: Path, image_rgb: Any) -> None:
     """Write an RGB ``uint8 [H, W, 3]`` picture as a PNG, atomically (one-line error)."""
-    from detmine.engine.safe_io import atomic_write_bytes
+    from detmine.safe_io import atomic_write_bytes
 
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
     if not ok:
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from detmine.console import Progress
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
-    from detmine.engine.safe_io import atomic_write_text, check_writable
     from detmine.engine.trainer import targets_to
+    from detmine.safe_io import atomic_write_text, check_writable
     from detmine.viz.gallery import HardNegativeGallery
     from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
 

@@ -22,7 +22,7 @@ import importlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import yaml
 
@@ -325,7 +325,7 @@ def save_config(cfg: Config, path: str | Path, header: typing.Sequence[str] = ()
     path = Path(path)
     comments = "".join(f"# {line}\n" for line in header)
     text = comments + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    from detmine.engine.safe_io import atomic_write_text
+    from detmine.safe_io import atomic_write_text
 
     atomic_write_text(path, text, what="config")
     return path

@@ -1,7 +1,9 @@
-"""Training engine: builders, the trainer and its hooks, checkpoints, optimisation, evaluation.
+"""Training: builders, the trainer and its hooks, the event storage and writers, checkpoints,
+run state and resume rules, optimisation. Evaluation is :mod:`detmine.evaluation`; file safety
+is :mod:`detmine.safe_io`.
 
-``from detmine.engine import Trainer`` works; submodules are imported on first use so that
-``import detmine.engine.evaluator`` stays light.
+``from detmine.engine import Trainer`` works; submodules are imported on first use, so importing
+the package stays light.
 """
 
 from __future__ import annotations

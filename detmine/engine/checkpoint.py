@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detmine.engine.safe_io import (
+from detmine.errors import CheckpointError
+from detmine.safe_io import (
     META_CLASS_NAMES,
     META_CONFIG,
     META_ITERATION,
@@ -49,7 +50,6 @@ from detmine.engine.safe_io import (
     read_torch_file,
     remove_stale_tmp,
 )
-from detmine.errors import CheckpointError
 
 __all__ = [
     "TRUST_FLAG",

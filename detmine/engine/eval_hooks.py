@@ -43,7 +43,7 @@ class _Periodic(HookBase):
 
 
 class EvaluationHook(_Periodic):
-    """COCO evaluation (:func:`detmine.engine.evaluator.evaluate`) of the validation loader:
+    """COCO evaluation (:func:`detmine.evaluation.evaluator.evaluate`) of the validation loader:
     stats and per-class AP to metrics.jsonl (``type: eval``) and TensorBoard, the result in
     ``trainer.storage["eval"]``, and ``storage["new_best"]`` when AP improved (the checkpoint
     hook then writes ``best.pth``)."""
@@ -73,7 +73,7 @@ class EvaluationHook(_Periodic):
         self.best_metric = state.get("best_metric")
 
     def run(self, trainer: Trainer) -> None:
-        from detmine.engine.evaluator import evaluate
+        from detmine.evaluation.evaluator import evaluate
 
         gather = dist.all_gather_object if dist.get_world_size() > 1 else None
         with preserved_rng():
@@ -100,7 +100,7 @@ class EvaluationHook(_Periodic):
             )
             self.outputs.add_scalars("eval", dict(result.stats), trainer.iteration)
             if self.outputs.writer is not None:
-                from detmine.viz.tensorboard import log_evaluation
+                from detmine.evaluation.report import log_evaluation
 
                 log_evaluation(self.outputs.writer, result, trainer.iteration)
 

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from detmine.engine.checkpoint import load_checkpoint, select_weights
-from detmine.engine.safe_io import (
+from detmine.errors import CheckpointError
+from detmine.safe_io import (
     META_CLASS_NAMES,
     META_CONFIG,
     META_ITERATION,
@@ -28,7 +29,6 @@ from detmine.engine.safe_io import (
     atomic_write_bytes,
     check_writable,
 )
-from detmine.errors import CheckpointError
 
 
 def export_safetensors(

@@ -20,9 +20,9 @@ import torch
 from detmine import distributed as dist
 from detmine.console import Progress, format_duration, log
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
-from detmine.engine.safe_io import write_error
 from detmine.engine.trainer import HookBase, Trainer
 from detmine.errors import CheckpointError
+from detmine.safe_io import write_error
 
 
 class RunOutputs:

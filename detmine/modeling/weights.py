@@ -70,7 +70,7 @@ def read_weights_file(path: Path, *, trusted: bool | None = None) -> object:
         CheckpointError: unreadable file, or a ``.pth`` that needs more than tensors, numbers,
             strings, lists and dicts (names the first global it asked for).
     """
-    from detmine.engine.safe_io import (
+    from detmine.safe_io import (
         CorruptCheckpointError,
         UnsafeCheckpointError,
         is_safetensors,

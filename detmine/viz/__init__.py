@@ -2,7 +2,7 @@
 
 from detmine.viz.draw import draw_boxes, draw_legend, draw_mining, line_thickness
 from detmine.viz.gallery import HardNegativeGallery, false_positive_mask
-from detmine.viz.tensorboard import MiningVisualizer, log_evaluation, render_mining_image
+from detmine.viz.tensorboard import MiningVisualizer, render_mining_image
 
 __all__ = [
     "HardNegativeGallery",
@@ -12,6 +12,5 @@ __all__ = [
     "draw_mining",
     "false_positive_mask",
     "line_thickness",
-    "log_evaluation",
     "render_mining_image",
 ]

@@ -34,17 +34,14 @@ Scalars:
     ``<p>/bg_only_neg_share``      share of the mined negatives that come from
                                    background-only images (no ground-truth box)
 
-:func:`log_evaluation` writes ``eval/coco_table`` (text), ``eval/pr_curve_iou50``
-(image: precision-recall grid, one plot per class) and the scalars
-``eval/per_class_AP/<class name>`` and, with VOC metrics,
-``eval/per_class_VOC_AP/<class name>`` (spaces in names become ``_``). The 12 COCO
-numbers (``eval/AP``, ...) are the trainer's to log.
+The evaluation's pictures (COCO table, per-class AP, precision-recall curves) are
+:func:`detmine.evaluation.report.log_evaluation`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,10 +51,6 @@ from detmine.errors import ConfigError
 from detmine.mining.record import MiningRecord
 from detmine.structures import HeadOutputs, Target
 from detmine.viz.draw import draw_mining
-from detmine.viz.plots import draw_pr_grid
-
-if TYPE_CHECKING:  # pragma: no cover
-    from detmine.engine.evaluator import EvalResult
 
 
 def _background_only(targets: Sequence[Target], device: torch.device) -> Tensor:
@@ -280,23 +273,3 @@ class MiningVisualizer:
     def _hist(self, tag: str, values: Tensor, step: int) -> None:
         if values.numel() > 0:
             self.writer.add_histogram(tag, values.cpu(), step)
-
-
-def log_evaluation(writer: Any, result: EvalResult, step: int, prefix: str = "eval") -> None:
-    """Write an evaluation to TensorBoard.
-
-    Tags: ``<prefix>/coco_table`` (text, the COCO table as a code block),
-    ``<prefix>/pr_curve_iou50`` (image: one precision-recall plot per class at
-    IoU 0.5, plus the mean over classes; only when ``result.precision`` is set),
-    ``<prefix>/per_class_AP/<class name>`` (spaces become ``_``) and, with VOC
-    metrics, ``<prefix>/per_class_VOC_AP/<class name>``.
-    """
-    table = "\n".join("    " + line for line in result.table.splitlines())  # markdown code block
-    writer.add_text(f"{prefix}/coco_table", table, step)
-    for name, value in result.per_class_ap.items():
-        writer.add_scalar(f"{prefix}/per_class_AP/{name.replace(' ', '_')}", float(value), step)
-    for name, value in getattr(result, "per_class_voc_ap", {}).items():
-        writer.add_scalar(f"{prefix}/per_class_VOC_AP/{name.replace(' ', '_')}", float(value), step)
-    if result.precision is not None:
-        grid = draw_pr_grid(np.asarray(result.precision), result.class_names, iou=0.5)
-        writer.add_image(f"{prefix}/pr_curve_iou50", grid, step, dataformats="HWC")

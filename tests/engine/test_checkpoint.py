@@ -206,5 +206,5 @@ def test_writers_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, detmine.engine.safe_io; sys.exit('torch' in sys.modules)"
+    code = "import sys, detmine.safe_io; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from detmine.engine import safe_io
+from detmine import safe_io
 from detmine.engine.checkpoint import load_checkpoint, save_checkpoint, validate_checkpoint
 from detmine.engine.run_state import rng_state
 from detmine.errors import CheckpointError

@@ -16,7 +16,7 @@ import torch
 
 from detmine.config import load_config
 from detmine.engine import builders
-from detmine.engine.evaluator import evaluate
+from detmine.evaluation.evaluator import evaluate
 from detmine.structures import HeadOutputs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from detmine import safe_io
 from detmine.config import load_config, save_config
 from detmine.data.synthetic import CLASS_NAMES
-from detmine.engine import builders, safe_io
+from detmine.engine import builders
 from detmine.engine.checkpoint import save_checkpoint
 
 TABLE = "Average Precision  (AP) @[ IoU=0.50:0.95"

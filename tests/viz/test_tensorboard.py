@@ -7,14 +7,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from detmine.engine.evaluator import EvalResult
 from detmine.errors import ConfigError
+from detmine.evaluation.evaluator import EvalResult
+from detmine.evaluation.report import log_evaluation
 from detmine.mining.record import MiningRecord
 from detmine.structures import HeadOutputs
 from detmine.viz.plots import draw_pr_grid
 from detmine.viz.tensorboard import (
     MiningVisualizer,
-    log_evaluation,
     mining_statistics,
     render_mining_image,
 )

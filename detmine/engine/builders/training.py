@@ -18,9 +18,9 @@ from detmine.console import log
 from detmine.engine.builders.data import build_train_loader, build_val_loader
 from detmine.engine.checkpoint import CheckpointManager
 from detmine.engine.resume import ConfigChanges, check_resume_config
-from detmine.engine.safe_io import atomic_write_text, write_error
 from detmine.errors import CheckpointError, ConfigError
 from detmine.run_lock import RunLock
+from detmine.safe_io import atomic_write_text, write_error
 
 
 def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:

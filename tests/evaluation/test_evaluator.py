@@ -14,9 +14,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detmine.engine.coco_table import COCO_STAT_NAMES
-from detmine.engine.evaluator import CocoEvaluator, EvalResult, coco_bbox_eval, evaluate
 from detmine.errors import ConfigError, DataError
+from detmine.evaluation.coco_table import COCO_STAT_NAMES
+from detmine.evaluation.evaluator import CocoEvaluator, EvalResult, coco_bbox_eval, evaluate
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 CAT_IDS = (1, 3, 7)  # non-contiguous on purpose: contiguous 1, 2, 3

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from detmine import safe_io
 from detmine.config import load_config, save_config
-from detmine.engine import safe_io
 from detmine.engine.checkpoint import save_checkpoint
-from detmine.engine.safe_io import atomic_write_text, check_writable, prepare_output_dir
 from detmine.errors import CheckpointError
+from detmine.safe_io import atomic_write_text, check_writable, prepare_output_dir
 
 
 def _one_line(exc: BaseException, path: Path, *needles: str) -> str:

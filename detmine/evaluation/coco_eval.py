@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from detmine.engine.coco_table import COCO_STAT_NAMES
 from detmine.errors import ConfigError, DataError
+from detmine.evaluation.coco_table import COCO_STAT_NAMES
 
 __all__ = ["BACKENDS", "coco_bbox_eval", "prepare_gt"]
 

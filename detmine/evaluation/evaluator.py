@@ -4,7 +4,7 @@ Detections arrive in original-image pixels with contiguous labels ``1..K``; they
 as COCO results (``xywh`` boxes, the dataset's own category ids) and scored against
 ``dataset.coco_gt_dict()`` with faster-coco-eval (default) or pycocotools -- both give the
 same numbers, faster-coco-eval ~10x faster. VOC datasets also get the VOC07 11-point and
-area-under-curve mAP at IoU 0.5 (``detmine.engine.voc_eval``).
+area-under-curve mAP at IoU 0.5 (``detmine.evaluation.voc_eval``).
 
 Distributed use: every rank calls :meth:`CocoEvaluator.process` on its shard, then
 :meth:`CocoEvaluator.summarize` (a collective call when ``gather_fn`` is given); rank 0 gets
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 
 from detmine import console, distributed
-from detmine.engine.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
-from detmine.engine.coco_table import (
+from detmine.errors import ConfigError, DataError
+from detmine.evaluation.coco_eval import BACKENDS, coco_bbox_eval, prepare_gt
+from detmine.evaluation.coco_table import (
     COCO_STAT_NAMES,
     format_coco_summary,
     format_per_class_table,
     format_voc_summary,
 )
-from detmine.engine.voc_eval import voc_evaluate
-from detmine.errors import ConfigError, DataError
+from detmine.evaluation.voc_eval import voc_evaluate
 from detmine.structures import Detections, Target
 
 __all__ = ["BACKENDS", "CocoEvaluator", "EvalResult", "coco_bbox_eval", "evaluate"]

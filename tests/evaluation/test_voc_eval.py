@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from detmine.engine.voc_eval import voc_ap_11point, voc_ap_area, voc_evaluate
 from detmine.errors import DataError
+from detmine.evaluation.voc_eval import voc_ap_11point, voc_ap_area, voc_evaluate
 
 
 def _gt(annotations: list[tuple[int, int, list[float], int]], num_images: int = 3, cats=(1, 2)) -> dict:
