@@ -140,7 +140,9 @@ class RunLock:
         """flock ``fd`` without waiting: True when locked, False when locking is unsupported
         here (warned); ConfigError naming the holder when another process has it."""
         if fcntl is None:  # pragma: no cover - Windows
-            warnings.warn(f"cannot lock {self.path} on this platform; runs into it are not checked", stacklevel=3)
+            warnings.warn(
+                f"cannot lock {self.path} on this platform; runs into it are not checked", stacklevel=3
+            )
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,6 +18,7 @@ contiguous shard. Both are :class:`DetectionDataLoader` s over a :class:`KeyedDa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -251,7 +252,8 @@ class DetectionDataLoader(DataLoader):
             expected = [len(b) for b in sampler.epoch_batches()[sampler.batches_consumed :]]
         else:
             expected = [len(b) for b in self.batch_sampler]  # type: ignore[union-attr]
-        batches = super().__iter__()
+        with _sigterm_held():  # workers start with SIGTERM blocked (see _worker_init)
+            batches = super().__iter__()
         error: DetmineError | None = None
         try:
             for j, (images, targets, skipped) in enumerate(batches):
@@ -306,6 +308,21 @@ def _worker_init(worker_id: int) -> None:
     _leave_sigterm_to_the_main_process()
 
 
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """Block SIGTERM in this thread while loader workers are forked, so that a group SIGTERM
+    arriving before a worker ran :func:`_worker_init` waits for it (the mask is inherited)
+    instead of killing it; here a pending one is delivered when the block ends."""
+    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _leave_sigterm_to_the_main_process() -> None:
     """In a loader worker: ignore SIGTERM unless the main process sent it.
 
@@ -317,8 +334,7 @@ def _leave_sigterm_to_the_main_process() -> None:
     worker and taken by a daemon thread with ``sigwaitinfo`` (which sees the sender's pid).
     Without ``sigwaitinfo`` (macOS) torch's handler stays: a group SIGTERM ends the worker.
     """
-    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
-        return
+    return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 

@@ -1,6 +1,7 @@
 """Periodic views of the validation split: COCO evaluation and the validation loss.
 
-Both run every ``period`` iterations (0: only at the end) and at the end of training, on the
+Both run every ``period`` iterations (0: only at the end) and after the final iteration
+(:class:`~detmine.engine.trainer.PeriodicHook`), on the
 EMA weights when there are (as the reported AP) or the model, inside
 :func:`~detmine.engine.run_state.preserved_rng`, and give the model back in training mode:
 they never change what training does.
@@ -14,37 +15,17 @@ from typing import Any
 import torch
 
 from detmine import distributed as dist
-from detmine.engine.hooks import RunOutputs
 from detmine.engine.run_state import preserved_rng
-from detmine.engine.trainer import HookBase, Trainer, targets_to, unwrap
+from detmine.engine.trainer import PeriodicHook, Trainer, targets_to, unwrap
 
 
 def _eval_model(trainer: Trainer) -> torch.nn.Module:
     return trainer.ema.module if trainer.ema is not None else unwrap(trainer.model)
 
 
-class _Periodic(HookBase):
-    """Runs :meth:`run` every ``period`` iterations and once more at the end when the last
-    iteration was not on the period."""
-
-    def __init__(self, period: int) -> None:
-        self.period = period
-
-    def after_step(self, trainer: Trainer) -> None:
-        if self.period > 0 and trainer.iteration % self.period == 0:
-            self.run(trainer)
-
-    def after_train(self, trainer: Trainer) -> None:
-        if self.period <= 0 or trainer.iteration % self.period != 0:
-            self.run(trainer)
-
-    def run(self, trainer: Trainer) -> None:
-        raise NotImplementedError
-
-
-class EvaluationHook(_Periodic):
+class EvaluationHook(PeriodicHook):
     """COCO evaluation (:func:`detmine.evaluation.evaluator.evaluate`) of the validation loader:
-    stats and per-class AP to metrics.jsonl (``type: eval``) and TensorBoard, the result in
+    stats and per-class AP as an ``eval`` record and ``eval/*`` TensorBoard items, the result in
     ``trainer.storage["eval"]``, and ``storage["new_best"]`` when AP improved (the checkpoint
     hook then writes ``best.pth``)."""
 
@@ -54,14 +35,13 @@ class EvaluationHook(_Periodic):
         self,
         loader: Any,
         dataset: Any,
-        outputs: RunOutputs,
         *,
         period: int,
         backend: str,
         predict_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(period)
-        self.loader, self.dataset, self.outputs = loader, dataset, outputs
+        self.loader, self.dataset = loader, dataset
         self.backend = backend
         self.predict_options = dict(predict_options or {})
         self.best_metric: float | None = None
@@ -95,26 +75,23 @@ class EvaluationHook(_Periodic):
         if trainer.is_main and result is not None:
             trainer.storage["eval"] = result
             per_class = {f"AP/{name}": float(v) for name, v in result.per_class_ap.items()}
-            self.outputs.write_metrics(
-                {"type": "eval", "iteration": trainer.iteration, **result.stats, **per_class}
-            )
-            self.outputs.add_scalars("eval", dict(result.stats), trainer.iteration)
-            if self.outputs.writer is not None:
-                from detmine.evaluation.report import log_evaluation
+            trainer.events.put_record("eval", {**result.stats, **per_class})
+            trainer.events.put_scalars("eval", dict(result.stats))
+            from detmine.evaluation.report import log_evaluation
 
-                log_evaluation(self.outputs.writer, result, trainer.iteration)
+            log_evaluation(trainer.events, result, trainer.iteration)
 
 
-class ValidationLossHook(_Periodic):
+class ValidationLossHook(PeriodicHook):
     """The criterion on the validation loader under ``no_grad``: the mean of each loss over
     the batches (and processes), logged as ``type: val`` records and ``val/*`` scalars next to
     the AP. It runs on a copy of the criterion in eval mode -- the EMA normaliser and the
     miners' random generators of the training criterion stay untouched -- and inside
     :func:`preserved_rng`, so training ends with the same weights with or without it."""
 
-    def __init__(self, loader: Any, outputs: RunOutputs, *, period: int) -> None:
+    def __init__(self, loader: Any, *, period: int) -> None:
         super().__init__(period)
-        self.loader, self.outputs = loader, outputs
+        self.loader = loader
 
     @torch.no_grad()
     def run(self, trainer: Trainer) -> None:
@@ -142,5 +119,5 @@ class ValidationLossHook(_Periodic):
         n = max(1.0, float(totals.pop("_batches")))
         means = {f"loss_{k}": float(v) / n for k, v in totals.items()}
         means = {"loss": sum(means.values()), **means}
-        self.outputs.write_metrics({"type": "val", "iteration": trainer.iteration, **means})
-        self.outputs.add_scalars("val", means, trainer.iteration)
+        trainer.events.put_record("val", means)
+        trainer.events.put_scalars("val", means)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from detmine.console import Progress, format_duration, log
+from detmine.errors import CheckpointError
 from detmine.safe_io import write_error
 
 
@@ -100,7 +101,11 @@ class EventStorage:
 
 
 class EventWriter:
-    """Writes drained :class:`Events`; ``close`` at the end of the run."""
+    """Writes drained :class:`Events`: ``start`` before training (the first iteration and the
+    length), ``write`` after each step, ``close`` at the end of the run."""
+
+    def start(self, iteration: int, max_iters: int) -> None:
+        pass
 
     def write(self, events: Events, iteration: int) -> None:
         raise NotImplementedError
@@ -125,22 +130,25 @@ class JSONLinesWriter(EventWriter):
 
 
 def append_all_or_nothing(path: Path, text: str, *, what: str) -> None:
-    """Append ``text`` to ``path``; on an ``OSError`` the file is truncated back to its size
-    before the append (what was there stays, nothing half-written) and a one-line
-    :class:`~detmine.errors.CheckpointError`-style write error is raised."""
+    """Append ``text`` to ``path`` all or nothing: a write that fails part-way (a full disk) is
+    cut back to the file's previous size before the one-line write error (which says so when
+    even the cut-back failed)."""
+    data = memoryview(text.encode())
+    start: int | None = None
     try:
-        before = path.stat().st_size if path.exists() else 0
+        with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush on close
+            start = f.seek(0, 2)
+            while data:
+                data = data[f.write(data) :]
     except OSError as exc:
-        raise write_error(path, exc, what) from None
-    try:
-        with open(path, "a") as f:
-            f.write(text)
-            f.flush()
-    except OSError as exc:
-        try:
-            os.truncate(path, before)
-        except OSError:
-            pass
+        if start is not None:
+            try:
+                os.truncate(path, start)
+            except OSError as again:
+                raise CheckpointError(
+                    f"cannot write {what} {path}: {exc.strerror or exc}; its last line is cut "
+                    f"short and could not be removed ({again.strerror or again})"
+                ) from None
         raise write_error(path, exc, what) from None
 
 
@@ -174,10 +182,15 @@ class ConsoleWriter(EventWriter):
     """The progress bar on a terminal (its postfix: loss, lr, img/s), and in a log file one
     plain line per ``train`` record (iteration, losses, lr, img/s, ETA)."""
 
-    def __init__(self, max_iters: int, initial: int = 0) -> None:
-        self.max_iters = max_iters
-        self.bar: Progress | None = Progress(max_iters, "train", initial=initial, every=0)
-        self._shown = initial
+    def __init__(self) -> None:
+        self.max_iters = 0
+        self.bar: Progress | None = None
+        self._shown = 0
+
+    def start(self, iteration: int, max_iters: int) -> None:
+        # on a terminal a bar; in a log file no redraws, only the lines of the train records
+        self.max_iters, self._shown = max_iters, iteration
+        self.bar = Progress(max_iters, "train", initial=iteration, every=0)
 
     def write(self, events: Events, iteration: int) -> None:
         if self.bar is not None and iteration > self._shown:

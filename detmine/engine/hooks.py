@@ -1,124 +1,84 @@
-"""Hooks that observe training: console / metrics.jsonl / TensorBoard logging, checkpoints,
-mined-negative pictures. Evaluation and the validation loss are in
-:mod:`detmine.engine.eval_hooks`. A new periodic view of training is a new hook, not a
-trainer edit: subclass :class:`~detmine.engine.trainer.HookBase`.
+"""Hooks that observe training, and :data:`HOOKS`, the table they are built from by name.
 
-All hooks write through one :class:`RunOutputs` (the run folder's metrics file and the
-TensorBoard writer, on the main process only) and draw no training random numbers.
+Built-in hooks, in the order they run after each step (``priority``): ``logging`` (10),
+``evaluation`` (20) and ``validation_loss`` (30) (:mod:`detmine.engine.eval_hooks`),
+``mining_vis`` (40), hooks a config adds (50 unless given), ``writers`` (80: drains the event
+storage into metrics.jsonl, TensorBoard and the console) and ``checkpoint`` (90). A config's
+``hooks:`` list adds entries of :data:`HOOKS` (a plugin registers its own), changes a built-in's
+options, switches one off (``enabled: false``) or re-orders (``priority``)::
+
+    hooks:
+      - {name: counter, period: 2}          # a plugin's hook
+      - {name: validation_loss, enabled: false}
+
+A hook writes metrics through ``trainer.events`` (:mod:`detmine.engine.events`) without knowing
+the writers, runs periodically through :class:`~detmine.engine.trainer.PeriodicHook` (the one
+periodic rule), keeps what must survive a resume in ``state_dict`` (saved under its name; a hook
+registered after the checkpoint was read still gets it), and never draws from the training
+random streams. See docs/architecture.md ("Hooks").
 """
 
 from __future__ import annotations
 
-import json
-import os
+import inspect
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from detmine import distributed as dist
-from detmine.console import Progress, format_duration, log
+from detmine.components import ComponentTable, check_names, construct, lookup
+from detmine.console import warn
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
-from detmine.engine.trainer import HookBase, Trainer
-from detmine.errors import CheckpointError
-from detmine.safe_io import write_error
+from detmine.engine.events import ConsoleWriter, EventWriter, JSONLinesWriter, TensorBoardWriter
+from detmine.engine.trainer import HookBase, PeriodicHook, Trainer
+from detmine.errors import ConfigError
+from detmine.periodic import is_due
 
 
-class RunOutputs:
-    """The run folder's shared outputs: ``metrics.jsonl`` (one JSON record a line) and the
-    TensorBoard writer. On processes other than the main one every call is a no-op."""
+class LoggingHook(PeriodicHook):
+    """Every ``period`` iterations (and the last): the mean losses since the last log (over the
+    steps that ran -- a batch skipped as non-finite has no loss -- and over processes), lr,
+    images/s and ETA, as a ``train`` record and ``train/*`` scalars; at the end, the summary of
+    skipped images (over every process)."""
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool | None = None) -> None:
-        self.output_dir = Path(output_dir)
-        self.enabled = dist.is_main_process() if enabled is None else enabled
-        self.writer: Any = None
-        if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(self.output_dir))
-
-    def write_metrics(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one line, all or nothing: a write that fails part-way (a full
-        disk) is cut back to the file's previous size before the one-line CheckpointError."""
-        if not self.enabled:
-            return
-        path = self.output_dir / "metrics.jsonl"
-        data = memoryview((json.dumps(record) + "\n").encode())
-        start: int | None = None
-        try:
-            with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush on close
-                start = f.seek(0, 2)
-                while data:
-                    data = data[f.write(data) :]
-        except OSError as exc:
-            if start is not None:
-                try:
-                    os.truncate(path, start)
-                except OSError as again:
-                    raise CheckpointError(
-                        f"cannot write metrics file {path}: {exc.strerror or exc}; its last line is cut "
-                        f"short and could not be removed ({again.strerror or again})"
-                    ) from None
-            raise write_error(path, exc, "metrics file") from None
-
-    def add_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-            self.writer = None
-
-
-class LoggingHook(HookBase):
-    """Every ``period`` iterations (and the last): the mean losses since the last log (over
-    iterations and processes), lr, images/s and ETA, to metrics.jsonl, TensorBoard scalars
-    ``train/*`` and the progress bar; at the end, the summary of skipped images."""
-
-    def __init__(self, outputs: RunOutputs, *, period: int, batch_size: int) -> None:
-        self.outputs = outputs
-        self.period = period
+    def __init__(self, *, period: int, batch_size: int) -> None:
+        super().__init__(period)
         self.batch_size = batch_size
         self._sums: dict[str, torch.Tensor] = {}
+        self._steps = 0
         self._window = (0, time.perf_counter())
-        self._bar: Progress | None = None
+
+    def due(self, trainer: Trainer) -> bool:
+        return self.period > 0 and super().due(trainer)  # period 0: no train records at all
 
     def before_train(self, trainer: Trainer) -> None:
-        # on a terminal a bar; in a log file no redraws, only the lines of write()
-        self._bar = Progress(
-            trainer.max_iters, "train", initial=trainer.iteration, enabled=trainer.is_main, every=0
-        )
         self._window = (trainer.iteration, time.perf_counter())
 
     def after_step(self, trainer: Trainer) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
         step = trainer.last_step
         if step is not None and step.losses is not None:
             for k, v in step.losses.items():
                 self._sums[k] = self._sums.get(k, 0.0) + v
-        it = trainer.iteration
-        if self.period > 0 and (it % self.period == 0 or it == trainer.max_iters):
-            self.write(trainer)
+            self._steps += 1
+        super().after_step(trainer)
 
-    def write(self, trainer: Trainer) -> None:
-        """Average the losses since the last log over iterations and processes (collective)."""
+    def run(self, trainer: Trainer) -> None:
+        """Average the losses of the window over its steps and the processes (collective)."""
         start_it, start_t = self._window
-        n = max(1, trainer.iteration - start_it)
+        iters = max(1, trainer.iteration - start_it)
+        steps = self._steps
         now = time.perf_counter()
-        means = dist.reduce_dict({k: v / n for k, v in self._sums.items() if isinstance(v, torch.Tensor)})
-        self._sums = {}
+        sums = {k: v for k, v in self._sums.items() if isinstance(v, torch.Tensor)}
+        means = dist.reduce_dict({k: v / steps for k, v in sums.items()}) if steps else {}
+        self._sums, self._steps = {}, 0
         self._window = (trainer.iteration, now)
         if not trainer.is_main:
             return
-        sec_per_iter = (now - start_t) / n
+        sec_per_iter = (now - start_t) / iters
         record = {
-            "type": "train",
-            "iteration": trainer.iteration,
             "loss": float(sum(means.values())) if means else float("nan"),
             **{f"loss_{k}": float(v) for k, v in means.items()},
             "lr": trainer.optimizer.param_groups[0]["lr"],
@@ -127,32 +87,40 @@ class LoggingHook(HookBase):
             "eta_s": sec_per_iter * (trainer.max_iters - trainer.iteration),
             "skipped_nonfinite": trainer.skipped_nonfinite,
         }
-        self.outputs.write_metrics(record)
+        trainer.events.put_record("train", record)
         keys = ("loss", "lr", "images_per_s", *(k for k in record if k.startswith("loss_")))
-        self.outputs.add_scalars("train", {k: record[k] for k in keys}, trainer.iteration)
-        if self._bar is not None and self._bar.bar is not None:
-            self._bar.set_postfix(
-                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"
-            )
-        else:
-            losses = "  ".join(f"{k} {float(v):.4f}" for k, v in means.items())
-            log(
-                f"iter {trainer.iteration}/{trainer.max_iters}  loss {record['loss']:.4f} ({losses})  "
-                f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s  "
-                f"eta {format_duration(record['eta_s'])}"
-            )
+        trainer.events.put_scalars("train", {k: record[k] for k in keys})
 
     def after_train(self, trainer: Trainer) -> None:
         summary = getattr(trainer.data.loader, "skipped_summary", None)
         text = summary() if callable(summary) else None
         if text and trainer.is_main:
-            log(f"warning: {text}")
+            warn(text)
+
+
+class WriterHook(HookBase):
+    """Drains ``trainer.events`` into the writers after every step, at the end and on a stop
+    signal (main process only; the others' storage is emptied)."""
+
+    def __init__(self, writers: list[EventWriter]) -> None:
+        self.writers = writers
+
+    def before_train(self, trainer: Trainer) -> None:
+        for writer in self.writers:
+            writer.start(trainer.iteration, trainer.max_iters)
+
+    def flush(self, trainer: Trainer) -> None:
+        events = trainer.events.drain()
+        if trainer.is_main:
+            for writer in self.writers:
+                writer.write(events, trainer.iteration)
+
+    after_step = after_train = on_stop = flush
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        self.outputs.close()
+        for writer in self.writers:
+            writer.close()
+        self.writers = []
 
 
 class CheckpointHook(HookBase):
@@ -166,9 +134,7 @@ class CheckpointHook(HookBase):
 
     name = "checkpoint"
 
-    def __init__(
-        self, manager: CheckpointManager, *, period: int, extra: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, manager: CheckpointManager, *, period: int, extra: dict[str, Any] | None = None) -> None:
         self.manager = manager
         self.period = period
         self.extra = dict(extra or {})
@@ -199,7 +165,7 @@ class CheckpointHook(HookBase):
 
     def after_step(self, trainer: Trainer) -> None:
         self._save_best(trainer)
-        if self.period > 0 and trainer.iteration % self.period == 0:
+        if is_due(trainer.iteration, self.period):
             self.save(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
@@ -212,16 +178,209 @@ class CheckpointHook(HookBase):
             self.save(trainer)
 
 
-class MiningVisHook(HookBase):
-    """The mined negatives of the training batch in TensorBoard every ``period`` iterations
-    (a :class:`detmine.viz.tensorboard.MiningVisualizer` fed with ``trainer.last_step``)."""
+class MiningVisHook(PeriodicHook):
+    """The mined negatives of the training batch every ``period`` iterations, through a
+    :class:`detmine.viz.tensorboard.MiningVisualizer` writing to ``trainer.events`` (pictures,
+    histograms and scalars at the iteration, like every other item)."""
 
-    def __init__(self, visualizer: Any) -> None:
+    def __init__(self, visualizer: Any, *, period: int) -> None:
+        super().__init__(period, at_end=False)
         self.visualizer = visualizer
 
-    def after_step(self, trainer: Trainer) -> None:
+    def due(self, trainer: Trainer) -> bool:
+        return trainer.is_main and super().due(trainer)
+
+    def run(self, trainer: Trainer) -> None:
         step = trainer.last_step
         if step is None or step.record is None:
             return
-        # the step that just ran is iteration - 1 (0-based), as the pictures have always been labelled
-        self.visualizer.maybe_log(trainer.iteration - 1, step.images, step.targets, step.outputs, step.record)
+        self.visualizer.writer = trainer.events
+        self.visualizer.log(trainer.iteration, step.images, step.targets, step.outputs, step.record)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class HookContext:
+    """What the builders hand a hook factory that declares a ``context`` parameter: the
+    resolved ``cfg``, the run folder's ``checkpoints`` (and ``path``), the validation loader and
+    set (None without a validation split), the class names and the checkpoint's ``extra``."""
+
+    cfg: Any
+    path: Path
+    checkpoints: CheckpointManager
+    val_loader: Any = None
+    val_set: Any = None
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def logging_hook(context: HookContext, *, period: int | None = None) -> LoggingHook:
+    """``train.log_period`` unless ``period`` is given."""
+    t = context.cfg.train
+    return LoggingHook(period=_or(period, t.log_period), batch_size=t.batch_size)
+
+
+def evaluation_hook(context: HookContext, *, period: int | None = None) -> HookBase | None:
+    """COCO evaluation of the validation split every ``eval.period`` iterations and at the end."""
+    if context.val_loader is None:
+        return None
+    from detmine.engine.eval_hooks import EvaluationHook
+
+    e = context.cfg.eval
+    return EvaluationHook(
+        context.val_loader,
+        context.val_set,
+        period=_or(period, e.period),
+        backend=e.backend,
+        predict_options=e.postprocess.options(),
+    )
+
+
+def validation_loss_hook(context: HookContext, *, period: int | None = None) -> HookBase | None:
+    """The criterion on the validation split with each evaluation (``eval.val_loss``)."""
+    if context.val_loader is None or not context.cfg.eval.val_loss:
+        return None
+    from detmine.engine.eval_hooks import ValidationLossHook
+
+    return ValidationLossHook(context.val_loader, period=_or(period, context.cfg.eval.period))
+
+
+def mining_vis_hook(
+    context: HookContext, *, period: int | None = None, num_images: int | None = None, top_k: int | None = None
+) -> HookBase | None:
+    """Mined-negative pictures every ``vis.period`` iterations (off at 0)."""
+    v = context.cfg.vis
+    period = _or(period, v.period)
+    if period <= 0 or not dist.is_main_process():
+        return None
+    from detmine.viz.tensorboard import MiningVisualizer
+
+    visualizer = MiningVisualizer(
+        None, period, num_images=_or(num_images, v.num_images), top_k=_or(top_k, v.top_k), class_names=context.class_names
+    )
+    return MiningVisHook(visualizer, period=period)
+
+
+def writers_hook(context: HookContext) -> WriterHook:
+    """metrics.jsonl, TensorBoard and the console (main process)."""
+    if not dist.is_main_process():
+        return WriterHook([])
+    path = context.path
+    return WriterHook([JSONLinesWriter(path / "metrics.jsonl"), TensorBoardWriter(path), ConsoleWriter()])
+
+
+def checkpoint_hook(context: HookContext, *, period: int | None = None) -> CheckpointHook:
+    """``train.checkpoint_period`` unless ``period`` is given."""
+    extra = {k: v for k, v in context.extra.items() if k in ("config", "class_names")}
+    return CheckpointHook(context.checkpoints, period=_or(period, context.cfg.train.checkpoint_period), extra=extra)
+
+
+#: name -> hook class or factory (``hooks: [{name: ...}]``); a factory or class whose signature
+#: has a ``context`` parameter is given the :class:`HookContext`; the other keyword parameters
+#: are the hook's options. A factory may return None (nothing to run, e.g. no validation split).
+HOOKS = ComponentTable(
+    "hook",
+    {
+        "logging": logging_hook,
+        "evaluation": evaluation_hook,
+        "validation_loss": validation_loss_hook,
+        "mining_vis": mining_vis_hook,
+        "writers": writers_hook,
+        "checkpoint": checkpoint_hook,
+    },
+    passed=("context",),
+)
+
+#: the built-in hooks every run starts from, with their priorities (lower runs first).
+DEFAULT_HOOKS: dict[str, int] = {
+    "logging": 10,
+    "evaluation": 20,
+    "validation_loss": 30,
+    "mining_vis": 40,
+    "writers": 80,
+    "checkpoint": 90,
+}
+#: the priority of a config's hook that names none.
+USER_PRIORITY = 50
+_ENTRY_KEYS = ("name", "enabled", "priority")
+
+
+def _split_entry(entry: Any, i: int) -> tuple[str, bool, int | None, dict[str, Any]]:
+    key = f"hooks[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"config key '{key}' must be a mapping such as {{name: logging, period: 20}}, got {entry!r}")
+    if "name" not in entry:
+        raise ConfigError(f"config key '{key}' has no 'name' (one of: {', '.join(HOOKS)})")
+    name = entry["name"]
+    lookup(HOOKS, name, f"{key}.name")
+    enabled, priority = entry.get("enabled", True), entry.get("priority")
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"config key '{key}.enabled' expects bool, got {enabled!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise ConfigError(f"config key '{key}.priority' expects int, got {priority!r}")
+    options = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
+    valid = [*_ENTRY_KEYS, *HOOKS.options(name)]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(HOOKS[name]).parameters.values()):
+        check_names(options, valid, key, f" for hook {name!r}")
+    return name, enabled, priority, options
+
+
+def check_hooks(entries: list[Any]) -> None:
+    """Check a config's ``hooks`` list at load: each entry names a :data:`HOOKS` entry ("did
+    you mean"), ``enabled`` / ``priority`` have their types, the options fit the constructor
+    (names and types) -- one line naming ``hooks[i].<key>``."""
+    for i, entry in enumerate(entries):
+        name, _, _, options = _split_entry(entry, i)
+        HOOKS.check(name, options, key=f"hooks[{i}]", name_key=f"hooks[{i}].name")
+
+
+def build_hook(name: str, options: dict[str, Any], context: HookContext, key: str) -> HookBase | None:
+    """One hook from :data:`HOOKS` (``context`` passed when its signature asks for it); its
+    ``name`` (the key of its state in checkpoints) is the table name unless it sets one."""
+    checked = HOOKS.check(name, options, key=key, name_key=f"{key}.name")
+    factory = HOOKS[name]
+    passed = {"context": context} if "context" in inspect.signature(factory).parameters else {}
+    hook = construct(factory, checked, key, **passed)
+    if hook is not None and not getattr(hook, "name", "") and type(hook).state_dict is not HookBase.state_dict:
+        hook.name = name
+    return hook
+
+
+def build_hooks(context: HookContext, entries: list[dict[str, Any]] | None = None) -> list[HookBase]:
+    """The run's hooks: :data:`DEFAULT_HOOKS` with the config's ``hooks`` entries applied (a
+    built-in's options changed or switched off, new hooks added), in priority order (ties keep
+    the order written)."""
+    plan: dict[str, tuple[int, bool, dict[str, Any], str]] = {
+        name: (priority, True, {}, f"hooks.{name}") for name, priority in DEFAULT_HOOKS.items()
+    }
+    for i, entry in enumerate(entries or []):
+        name, enabled, priority, options = _split_entry(entry, i)
+        default = plan.get(name, (USER_PRIORITY, True, {}, ""))[0]
+        plan[name] = (_or(priority, default), enabled, options, f"hooks[{i}]")
+    order = sorted(plan.items(), key=lambda item: item[1][0])  # stable: ties keep the order
+    hooks = []
+    for name, (_, enabled, options, key) in order:
+        hook = build_hook(name, options, context, key) if enabled else None
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
+
+
+__all__ = [
+    "DEFAULT_HOOKS",
+    "HOOKS",
+    "CheckpointHook",
+    "HookContext",
+    "LoggingHook",
+    "MiningVisHook",
+    "WriterHook",
+    "build_hook",
+    "build_hooks",
+    "check_hooks",
+]

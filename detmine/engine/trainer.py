@@ -34,8 +34,10 @@ from detmine import distributed as dist
 from detmine.console import log
 from detmine.distributed import unwrap
 from detmine.engine.checkpoint import load_model_state, validate_checkpoint
+from detmine.engine.events import EventStorage
 from detmine.engine.run_state import DataStream, rng_state, set_rng_state
-from detmine.errors import CheckpointError, NonFiniteError, TrainingInterrupted
+from detmine.errors import CheckpointError, NonFiniteError, OptionError, TrainingInterrupted
+from detmine.periodic import is_due
 from detmine.structures import Target
 
 
@@ -86,6 +88,31 @@ class HookBase:
         pass
 
 
+class PeriodicHook(HookBase):
+    """A hook that runs :meth:`run` after every ``period``-th iteration
+    (:func:`detmine.periodic.is_due`, the one periodic rule) and, with ``at_end``, also after the
+    final iteration when that is not on the period (``period`` 0: only then). Subclasses
+    implement ``run(trainer)``; the period may change on resume (hooks are free keys)."""
+
+    def __init__(self, period: int, *, at_end: bool = True) -> None:
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+            raise OptionError("period", f"must be an integer >= 0 (0: only at the end), got {period!r}")
+        self.period = period
+        self.at_end = at_end
+
+    def due(self, trainer: Trainer) -> bool:
+        """Whether the iteration that just finished is one to run at."""
+        final = self.at_end and trainer.iteration == trainer.max_iters
+        return final or is_due(trainer.iteration, self.period)
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.due(trainer):
+            self.run(trainer)
+
+    def run(self, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+
 class Trainer:
     """Runs ``max_iters`` optimisation steps of built parts.
 
@@ -134,7 +161,9 @@ class Trainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.data = DataStream(data_loader)
-        self.hooks: list[HookBase] = list(hooks)
+        self.hooks: list[HookBase] = []
+        self.events = EventStorage()
+        self._pending_hook_states: dict[str, Any] = {}
         self.max_iters = int(max_iters)
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
@@ -148,6 +177,16 @@ class Trainer:
         self.storage: dict[str, Any] = {}
         self.last_step: StepResult | None = None
         self._stop_signal: int | None = None
+        self.register_hooks(hooks)
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        """Append hooks (they run in the order registered). A hook registered after a
+        checkpoint was loaded still gets its saved state (by ``name``), so a caller may add
+        hooks to a resumed trainer before :meth:`train`."""
+        for hook in hooks:
+            self.hooks.append(hook)
+            if hook.name and hook.name in self._pending_hook_states:
+                hook.load_state_dict(self._pending_hook_states.pop(hook.name))
 
     # ------------------------------------------------------------------ state
 
@@ -165,7 +204,7 @@ class Trainer:
             "sampler": self.data.state_dict(),
             "rng": dist.all_gather_object(rng_state()),
             "skipped_nonfinite": self.skipped_nonfinite,
-            "hooks": {h.name: h.state_dict() for h in self.hooks if h.name},
+            "hooks": {**self._pending_hook_states, **{h.name: h.state_dict() for h in self.hooks if h.name}},
         }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str, fresh_optimizer: bool = False) -> None:
@@ -197,10 +236,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
-        hook_states = state.get("hooks") or {}
-        for hook in self.hooks:
-            if hook.name in hook_states:
-                hook.load_state_dict(hook_states[hook.name])
+        self._pending_hook_states = dict(state.get("hooks") or {})
+        for hook in self.hooks:  # hooks registered later get theirs in register_hooks
+            if hook.name and hook.name in self._pending_hook_states:
+                hook.load_state_dict(self._pending_hook_states.pop(hook.name))
         self.data.load_state_dict(state["sampler"])
         self.data.fast_forward()  # before the RNG restore: draining batches draws random numbers
         rngs = state.get("rng") or []
@@ -217,6 +256,7 @@ class Trainer:
             TrainingInterrupted: after SIGINT / SIGTERM, once the hooks' ``on_stop`` ran.
         """
         self.model.train()
+        self.events.iteration = self.iteration
         self._call("before_train")
         try:
             with self._stop_on_signals():
@@ -224,6 +264,7 @@ class Trainer:
                     images, targets = next(self.data)
                     self.run_step(images, targets)
                     self.iteration += 1
+                    self.events.iteration = self.iteration
                     self._call("after_step")
                     if self._stop_requested():
                         self._stop()

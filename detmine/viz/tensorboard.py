@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from detmine.errors import ConfigError
+from detmine.periodic import is_due
 from detmine.mining.record import MiningRecord
 from detmine.structures import HeadOutputs, Target
 from detmine.viz.draw import draw_mining
@@ -212,7 +213,8 @@ class MiningVisualizer:
         return self.writer is not None and self.period > 0
 
     def should_log(self, iteration: int) -> bool:
-        return self.writer is not None and self.period > 0 and iteration % self.period == 0
+        """On the period (:func:`detmine.periodic.is_due`) and with somewhere to write."""
+        return self.writer is not None and is_due(iteration, self.period)
 
     def maybe_log(
         self,

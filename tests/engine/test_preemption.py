@@ -84,7 +84,9 @@ def command(tmp_path: Path, recipe, *args, hold_at: int = 0, hold_s: float = 0) 
     path, overrides = recipe
     script = tmp_path / f"train_holding_{hold_at}.py"
     marker = tmp_path / "holding"
-    script.write_text(SCRIPT.format(tools=str(ROOT / "tools"), hold_at=hold_at, hold_s=hold_s, marker=str(marker)))
+    script.write_text(
+        SCRIPT.format(tools=str(ROOT / "tools"), hold_at=hold_at, hold_s=hold_s, marker=str(marker))
+    )
     return [sys.executable, str(script), str(path), *overrides, *map(str, args)]
 
 
@@ -134,7 +136,7 @@ def train_iterations(run_dir: Path) -> list[int]:
 def test_second_run_into_a_live_run_folder_is_refused_and_resume_works_after_kill_9(tmp_path, recipe):
     run_dir = tmp_path / "run"
     first = start_and_wait_until_holding(
-        tmp_path, command(tmp_path, recipe, "--output-dir", run_dir, hold_at=3, hold_s=600)
+        tmp_path, command(tmp_path, recipe, "--output-dir", run_dir, hold_at=5, hold_s=600)
     )
     try:
         assert children(first.pid), "the first run has no loader workers"
@@ -143,13 +145,13 @@ def test_second_run_into_a_live_run_folder_is_refused_and_resume_works_after_kil
         last = second.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "in use by another run" in last and f"pid {first.pid} " in last
         assert "seed: 42" in (run_dir / "config.yaml").read_text()  # not rewritten by the refused run
-        assert train_iterations(run_dir) == [1, 2]  # nor cleared (--overwrite) or mixed
+        assert train_iterations(run_dir) == [1, 2, 3, 4]  # nor cleared (--overwrite) or mixed
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # main process and workers, no clean-up at all
         first.wait(timeout=60)
     resumed = run(command(tmp_path, recipe, "--output-dir", run_dir, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert "model_0000004.pth at iteration 4" in resumed.stdout + resumed.stderr  # "resumed from ..."
     assert train_iterations(run_dir) == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "model_0000006.pth").is_file()
 

@@ -105,7 +105,6 @@ class RunFolder:
     def open(self) -> tuple[dict[str, Any] | None, ConfigChanges]:
         """Prepare the folder; returns ``(checkpoint state to resume from or None, changes)``.
         Every process reads and checks; the main one clears and writes."""
-        self.lock = lock_run_folder(self.path)  # before anything reads or writes here
         resuming = self.cfg.train.resume
         state = (
             self.checkpoints.load_latest(map_location="cpu", trusted=self.trust_checkpoint)
@@ -271,43 +270,22 @@ def _iteration(state: dict[str, Any] | None) -> int | None:
 
 
 def build_hooks(cfg: Config, run: RunFolder, val_loader: Any, val_set: Any, class_names: Any) -> list[Any]:
-    """Logging, evaluation + validation loss (with a validation set), mined-negative pictures
-    (``vis.period > 0``) and checkpoints -- in the order they run after each step."""
-    from detmine.engine.eval_hooks import EvaluationHook, ValidationLossHook
-    from detmine.engine.hooks import CheckpointHook, LoggingHook, MiningVisHook, RunOutputs
+    """The run's hooks from :data:`~detmine.engine.hooks.HOOKS`: the built-in defaults with the
+    config's ``hooks`` entries applied, in priority order (see :mod:`detmine.engine.hooks`)."""
+    from detmine.engine.hooks import HookContext
+    from detmine.engine.hooks import build_hooks as hooks_from_table
 
-    outputs = RunOutputs(run.path)
-    hooks: list[Any] = [LoggingHook(outputs, period=cfg.train.log_period, batch_size=cfg.train.batch_size)]
-    if val_loader is not None:
-        hooks.append(
-            EvaluationHook(
-                val_loader,
-                val_set,
-                outputs,
-                period=cfg.eval.period,
-                backend=cfg.eval.backend,
-                predict_options=cfg.eval.postprocess.options(),
-            )
-        )
-        if cfg.eval.val_loss:
-            hooks.append(ValidationLossHook(val_loader, outputs, period=cfg.eval.period))
-    if cfg.vis.period > 0 and outputs.writer is not None:
-        from detmine.viz.tensorboard import MiningVisualizer
-
-        hooks.append(
-            MiningVisHook(
-                MiningVisualizer(
-                    outputs.writer,
-                    cfg.vis.period,
-                    num_images=cfg.vis.num_images,
-                    top_k=cfg.vis.top_k,
-                    class_names=class_names,
-                )
-            )
-        )
     extra = {"config": config_to_dict(cfg), "class_names": list(class_names) if class_names else None}
-    hooks.append(CheckpointHook(run.checkpoints, period=cfg.train.checkpoint_period, extra=extra))
-    return hooks
+    context = HookContext(
+        cfg=cfg,
+        path=run.path,
+        checkpoints=run.checkpoints,
+        val_loader=val_loader,
+        val_set=val_set,
+        class_names=class_names,
+        extra=extra,
+    )
+    return hooks_from_table(context, cfg.hooks)
 
 
 def build_trainer(

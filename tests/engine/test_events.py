@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from detmine.engine.hooks import RunOutputs
+from detmine.engine.events import EventStorage, JSONLinesWriter
 from detmine.errors import CheckpointError
 
 
@@ -35,8 +35,14 @@ class _FillsUp:
 
 
 def test_a_partial_append_is_cut_back(tmp_path, monkeypatch):
-    outputs = RunOutputs(tmp_path, enabled=True)
-    outputs.write_metrics({"type": "train", "iteration": 1, "loss": 1.0})
+    writer = JSONLinesWriter(tmp_path / "metrics.jsonl")
+    storage = EventStorage()
+
+    def write_metrics(record):
+        storage.put_record(record.pop("type"), record, step=record.pop("iteration"))
+        writer.write(storage.drain(), 0)
+
+    write_metrics({"type": "train", "iteration": 1, "loss": 1.0})
     path = tmp_path / "metrics.jsonl"
     before = path.read_bytes()
 
@@ -48,13 +54,13 @@ def test_a_partial_append_is_cut_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", full_disk)
     with pytest.raises(CheckpointError) as info:
-        outputs.write_metrics({"type": "train", "iteration": 2, "loss": 0.5, "padding": "x" * 100})
+        write_metrics({"type": "train", "iteration": 2, "loss": 0.5, "padding": "x" * 100})
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "No space left on device" in message
     assert "unchanged" in message
     assert path.read_bytes() == before  # not half a line
 
     monkeypatch.setattr(builtins, "open", real_open)
-    outputs.write_metrics({"type": "train", "iteration": 2, "loss": 0.5})
-    outputs.close()
+    write_metrics({"type": "train", "iteration": 2, "loss": 0.5})
+    writer.close()
     assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [1, 2]
