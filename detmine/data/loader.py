@@ -151,13 +151,14 @@ class DetectionDataLoader(DataLoader):
     Unreadable images (datasets in ``on_bad_image="skip"`` mode) are left out of their
     batch and counted: ``num_dropped_samples`` (total), ``skip_counts`` (by kind: missing /
     unreadable / size mismatch / other), ``num_requested_samples`` (samples the sampler
-    asked for) and :meth:`skipped_summary` (one line), all since the loader was built and
-    over all its workers. A *training* batch whose images are all unreadable is refilled by
+    asked for) and :meth:`skipped_summary` (one line, summed over the ranks under DDP), all
+    since the loader was built and over all its workers. A *training* batch whose images are all unreadable is refilled by
     its worker with the next readable images of the dataset (see :class:`KeyedDataset`), so
     every rank yields the same number of batches (DDP needs that); an *evaluation* batch
     that ends up empty is skipped (evaluation gathers results, shards may differ). A
     ``DetmineError`` raised in a worker (``on_bad_image="error"``) is re-raised with its
-    one-line message.
+    one-line message. Workers leave SIGTERM (and SIGINT) to the main process, which shuts
+    them down (see :func:`_leave_sigterm_to_the_main_process`).
 
     Each delivered (or skipped) batch advances ``batch_sampler.batches_consumed`` when the
     sampler is resumable, and a fully consumed epoch moves the sampler to the next epoch,
@@ -252,7 +253,8 @@ class DetectionDataLoader(DataLoader):
             expected = [len(b) for b in sampler.epoch_batches()[sampler.batches_consumed :]]
         else:
             expected = [len(b) for b in self.batch_sampler]  # type: ignore[union-attr]
-        with _sigterm_held():  # workers start with SIGTERM blocked (see _worker_init)
+        # workers start with SIGTERM blocked; _worker_init hands it to a thread of theirs
+        with _sigterm_held(self.num_workers > 0 and self.worker_init_fn is _worker_init):
             batches = super().__iter__()
         error: DetmineError | None = None
         try:
@@ -309,11 +311,11 @@ def _worker_init(worker_id: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_held() -> Iterator[None]:
-    """Block SIGTERM in this thread while loader workers are forked, so that a group SIGTERM
-    arriving before a worker ran :func:`_worker_init` waits for it (the mask is inherited)
-    instead of killing it; here a pending one is delivered when the block ends."""
-    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
+def _sigterm_held(active: bool = True) -> Iterator[None]:
+    """Block SIGTERM in this thread while loader workers are forked (``active``), so that a
+    group SIGTERM arriving before a worker ran :func:`_worker_init` waits for it (the mask is
+    inherited) instead of killing it; here a pending one is delivered when the block ends."""
+    if not active or not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -334,7 +336,8 @@ def _leave_sigterm_to_the_main_process() -> None:
     worker and taken by a daemon thread with ``sigwaitinfo`` (which sees the sender's pid).
     Without ``sigwaitinfo`` (macOS) torch's handler stays: a group SIGTERM ends the worker.
     """
-    return
+    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
+        return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 

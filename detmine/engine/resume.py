@@ -4,9 +4,9 @@ A checkpoint stores the resolved config it was trained with. On ``--resume`` the
 is compared with it key by key (dotted keys, free-form option dicts included):
 
 - **free to change** (:data:`FREE_KEYS`): where results go and how the run is watched --
-  ``output_dir``, ``eval.*``, ``vis.*``, ``train.log_period``, ``train.checkpoint_period``,
-  ``train.keep_last``, ``data.num_workers`` (the batches do not depend on the worker count)
-  and ``train.resume`` itself;
+  ``output_dir``, ``eval.*``, ``vis.*``, the ``hooks`` list, any period (``train.log_period``,
+  ``train.checkpoint_period``, a hook's ``period``), ``train.keep_last``, ``data.num_workers``
+  (the batches do not depend on the worker count) and ``train.resume`` itself;
 - **changed with a warning** (:data:`LENGTH_KEYS`): ``train.max_iters`` / ``train.epochs``
   -- the schedule is re-stretched over the new length;
 - **anything else** is refused with one line listing each key and both values, unless the
@@ -22,7 +22,7 @@ from typing import Any
 
 from detmine.errors import ConfigError
 
-FREE_PREFIXES = ("output_dir", "eval.", "vis.")
+FREE_PREFIXES = ("output_dir", "eval.", "vis.", "hooks")
 FREE_KEYS = (
     "train.log_period",
     "train.checkpoint_period",
@@ -48,6 +48,12 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _is_free(key: str) -> bool:
+    """Free to change on resume: the keys above, the ``hooks`` list (hooks observe, they never
+    change what training does) and any period (``*.period``, ``*_period``): how often something
+    is watched, whichever hook or section it belongs to."""
+    last = key.rsplit(".", 1)[-1]
+    if last == "period" or last.endswith("_period"):
+        return True
     return key in FREE_KEYS or any(key == p.rstrip(".") or key.startswith(p) for p in FREE_PREFIXES)
 
 
@@ -75,7 +81,7 @@ def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> ConfigChange
     changes = ConfigChanges()
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a == b:
+        if a == b or (a in (None, _MISSING) and b in (None, _MISSING)):  # null means the default, like unset
             continue
         if _is_free(key):
             changes.free[key] = (a, b)

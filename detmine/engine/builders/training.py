@@ -105,6 +105,7 @@ class RunFolder:
     def open(self) -> tuple[dict[str, Any] | None, ConfigChanges]:
         """Prepare the folder; returns ``(checkpoint state to resume from or None, changes)``.
         Every process reads and checks; the main one clears and writes."""
+        self.lock = lock_run_folder(self.path)  # before anything reads or writes here
         resuming = self.cfg.train.resume
         state = (
             self.checkpoints.load_latest(map_location="cpu", trusted=self.trust_checkpoint)
