@@ -423,6 +423,55 @@ def check_section(
     return found
 
 
+@dataclasses.dataclass
+class Entry:
+    """One entry of a list of named components (``hooks: [{name: counter, period: 2}]``):
+    its ``name``, the ``reserved`` keys it set (``enabled``, ``priority``), its coerced
+    ``options`` and its config ``key`` (``hooks[0]``)."""
+
+    name: str
+    reserved: dict[str, Any]
+    options: dict[str, Any]
+    key: str
+
+
+#: the types of the reserved keys of a named entry.
+RESERVED_TYPES: dict[str, Any] = {"enabled": bool, "priority": int | None}
+
+
+def check_entries(
+    entries: Sequence[Any], table: ComponentTable, *, key: str, reserved: Sequence[str] = ("name",)
+) -> list[Entry]:
+    """Check a list of named component entries: each a mapping with ``name`` (an entry of
+    ``table``, "did you mean"), the ``reserved`` keys with their :data:`RESERVED_TYPES`, and the
+    rest options of the entry's constructor (names and types) -- one line naming
+    ``{key}[i].<key>``. Returns them as :class:`Entry` s."""
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise ConfigError(
+                f"config key '{where}' must be a mapping with a 'name' (one of: {', '.join(table)}), got {entry!r}"
+            )
+        name = entry["name"]
+        lookup(table, name, f"{where}.name")
+        fixed = {
+            k: coerce(entry[k], RESERVED_TYPES.get(k, Any), f"{where}.{k}")
+            for k in reserved
+            if k != "name" and k in entry
+        }
+        options = {k: v for k, v in entry.items() if k not in reserved}
+        for option in options:
+            if option not in table.options(name) and not _takes_any(table[name]):
+                check_names([option], [*reserved, *table.options(name)], where, f" for {table.kind} {name!r}")
+        out.append(Entry(name, fixed, table.check(name, options, key=where, name_key=f"{where}.name"), where))
+    return out
+
+
+def _takes_any(fn: Callable) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(fn).values())
+
+
 def check_component(
     table: Mapping[str, Any],
     name: str,
@@ -455,7 +504,9 @@ def build_component(
 __all__ = [
     "ComponentTable",
     "build_component",
+    "Entry",
     "check_component",
+    "check_entries",
     "check_names",
     "check_options",
     "check_section",

@@ -101,6 +101,25 @@ eval: {{batch_size: 4, val_loss: false}}
 """
 
 
+@pytest.fixture(autouse=True)
+def tables_restored(monkeypatch):
+    """Plugins imported in this process register into the global tables: put them back after
+    each test (and forget the import), so other tests see the built-in entries only."""
+    from detmine import plugins
+    from detmine.engine.hooks import HOOKS
+    from detmine.losses import BOX_LOSSES, CLS_LOSSES
+    from detmine.matching import MATCHER_PRESETS
+    from detmine.mining import MINERS
+
+    tables = (MINERS, CLS_LOSSES, BOX_LOSSES, MATCHER_PRESETS, HOOKS)
+    saved = [dict(table) for table in tables]
+    monkeypatch.setattr(plugins, "_imported", {})
+    yield
+    for table, entries in zip(tables, saved, strict=True):
+        for name in [n for n in table if n not in entries]:
+            del table[name]
+
+
 def tool(name: str, *args: object) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "tools" / name), *map(str, args)],

@@ -27,7 +27,7 @@ from typing import Any, Union
 import yaml
 
 from detmine.components import coerce, type_name
-from detmine.config.schema import Config, has_components, validate_config
+from detmine.config.schema import Config, has_components, section_options, validate_config
 from detmine.errors import ConfigError
 
 
@@ -50,11 +50,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _tables(cls: type) -> dict[str, dict[str, Any]]:
     """``{field: table}`` of a component section, imported on use (so components registered
     from outside the package before the config is checked are accepted)."""
-    out = {}
-    for name, where in getattr(cls, "COMPONENT_TABLES", {}).items():
-        module, attribute = where.split(":")
-        out[name] = getattr(importlib.import_module(module), attribute)
-    return out
+    return {name: _resolve(where) for name, where in getattr(cls, "COMPONENT_TABLES", {}).items()}
 
 
 def _component_names(cls: type) -> list[str]:
@@ -67,62 +63,73 @@ def _component_names(cls: type) -> list[str]:
 #: tool that only builds the model passes fewer, e.g. evaluation does not read ``loss``).
 COMPONENT_SECTIONS = ("data", "model", "matching", "loss", "mining", "hooks")
 
+#: the component tables (and signatures) a config names entries of, as ``module:attribute``:
+#: resolved when a config is checked, so the config layer imports no package above it and a
+#: plugin's registrations (made before the check) are seen.
+TABLES = {
+    "transform": "detmine.data.transforms:TRANSFORM_PRESETS",
+    "eval_geometry": "detmine.data.transforms:EVAL_GEOMETRY_KEYS",
+    "loader": "detmine.data.loader:build_dataloader",
+    "loader_passed": "detmine.data.loader:LOADER_PASSED",
+    "model": "detmine.modeling:MODELS",
+    "matcher": "detmine.matching:MATCHER_PRESETS",
+    "head_defaults": "detmine.structures:HEAD_DEFAULTS",
+    "hook": "detmine.engine.hooks:HOOKS",
+}
+
+
+def _resolve(where: str) -> Any:
+    module, attribute = where.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _table(kind: str) -> Any:
+    return _resolve(TABLES[kind])
+
 
 def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONENT_SECTIONS) -> None:
     """Check every component the config names against its table -- the name ("did you mean"),
     the options against the constructor's signature and their types -- once, at load, before
-    any data is read: ``data.train_transform`` / ``transform_options``, ``model.name`` /
-    ``options``, ``matching.preset`` and its options, the ``loss`` and ``mining`` sections,
-    the ``hooks`` list."""
-    from detmine.components import check_names
-    from detmine.config.schema import section_options
+    any data is read: ``data.train_transform`` / ``transform_options`` / ``loader_options`` /
+    ``eval_transform_options``, ``model.name`` / ``options``, ``matching.preset`` and its
+    options, the ``loss`` and ``mining`` sections, the ``hooks`` list. Coerced options are
+    written back (``[1, 2]`` for a tuple option)."""
+    from detmine.components import check_entries, check_names, check_options, check_section
 
     if "data" in sections:
-        from detmine.data.transforms import EVAL_GEOMETRY_KEYS, TRANSFORM_PRESETS
-
         d = cfg.data
-        d.transform_options = TRANSFORM_PRESETS.check(
-            d.train_transform,
-            d.transform_options,
-            key="data.transform_options",
-            name_key="data.train_transform",
+        d.transform_options = _table("transform").check(
+            d.train_transform, d.transform_options, key="data.transform_options", name_key="data.train_transform"
         )
-        from detmine.components import check_options
-        from detmine.data.loader import build_dataloader
-        from detmine.engine.builders.data import LOADER_PASSED
-
-        d.loader_options = check_options(
-            build_dataloader, d.loader_options, "data.loader_options", skip=LOADER_PASSED
-        )
+        skip = _table("loader_passed")
+        d.loader_options = check_options(_table("loader"), d.loader_options, "data.loader_options", skip=skip)
         note = " (evaluation never augments)"
-        check_names(d.eval_transform_options, EVAL_GEOMETRY_KEYS, "data.eval_transform_options", note=note)
+        check_names(d.eval_transform_options, _table("eval_geometry"), "data.eval_transform_options", note=note)
     if "model" in sections:
-        from detmine.modeling import MODELS
-
-        cfg.model.options = MODELS.check(
+        cfg.model.options = _table("model").check(
             cfg.model.name, cfg.model.options, key="model.options", name_key="model.name"
         )
     if "matching" in sections:
-        from detmine.matching import MATCHER_PRESETS
-        from detmine.structures import HEAD_DEFAULTS
-
-        m = cfg.matching
-        presets = [m.preset] if m.preset is not None else [d["matching"] for d in HEAD_DEFAULTS.values()]
-        for preset in presets:
-            valid = MATCHER_PRESETS.get_entry_options(preset, name_key="matching.preset")
-            check_names(m.options, ["preset", *valid], "matching")
-            m.options = MATCHER_PRESETS.check(preset, m.options, key="matching", name_key="matching.preset")
-    if "loss" in sections or "mining" in sections:
-        from detmine.criterion.build import check_loss_section, check_mining_section
-
-        if "loss" in sections:
-            check_loss_section(section_options(cfg.loss))
-        if "mining" in sections:
-            check_mining_section(section_options(cfg.mining))
+        _check_matching(cfg)
+    for name in ("loss", "mining"):
+        if name in sections:
+            section = getattr(cfg, name)
+            fields = [f.name for f in dataclasses.fields(section) if f.name != "components"]
+            check_section(section_options(section), key=name, fields=fields, tables=_tables(type(section)))
     if "hooks" in sections and cfg.hooks:
-        from detmine.engine.hooks import check_hooks
+        check_entries(cfg.hooks, _table("hook"), key="hooks", reserved=("name", "enabled", "priority"))
 
-        check_hooks(cfg.hooks)
+
+def _check_matching(cfg: Config) -> None:
+    """``matching.preset`` and its options (without a preset: valid for every head's default)."""
+    from detmine.components import check_names
+
+    m, presets = cfg.matching, _table("matcher")
+    names = [m.preset] if m.preset is not None else [d["matching"] for d in _table("head_defaults").values()]
+    for preset in names:
+        valid = presets.get_entry_options(preset, name_key="matching.preset")
+        check_names(m.options, ["preset", *valid], "matching")
+        m.options = presets.check(preset, m.options, key="matching", name_key="matching.preset")
 
 
 def _section_hint(cls: type, key: str, name: str) -> ConfigError:

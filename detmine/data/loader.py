@@ -350,6 +350,12 @@ def _leave_sigterm_to_the_main_process() -> None:
     threading.Thread(target=wait_for_sigterm, name="detmine-sigterm", daemon=True).start()
 
 
+#: ``build_dataloader`` parameters the loader builders set from other keys (not
+#: ``data.loader_options``; ``size_divisible`` / ``pad_value`` are the model's, and the options
+#: may override them).
+LOADER_PASSED = ("dataset", "batch_size", "train", "num_workers", "distributed", "seed")
+
+
 def build_dataloader(
     dataset: Dataset,
     batch_size: int,

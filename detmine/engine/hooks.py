@@ -29,12 +29,11 @@ from typing import Any
 import torch
 
 from detmine import distributed as dist
-from detmine.components import ComponentTable, check_names, construct, lookup
+from detmine.components import ComponentTable, Entry, check_entries, construct
 from detmine.console import warn
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
 from detmine.engine.events import ConsoleWriter, EventWriter, JSONLinesWriter, TensorBoardWriter
 from detmine.engine.trainer import HookBase, PeriodicHook, Trainer
-from detmine.errors import ConfigError
 from detmine.periodic import is_due
 
 
@@ -308,36 +307,15 @@ DEFAULT_HOOKS: dict[str, int] = {
 }
 #: the priority of a config's hook that names none.
 USER_PRIORITY = 50
-_ENTRY_KEYS = ("name", "enabled", "priority")
+#: the keys of a ``hooks`` entry that are not the hook's options.
+ENTRY_KEYS = ("name", "enabled", "priority")
 
 
-def _split_entry(entry: Any, i: int) -> tuple[str, bool, int | None, dict[str, Any]]:
-    key = f"hooks[{i}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(f"config key '{key}' must be a mapping such as {{name: logging, period: 20}}, got {entry!r}")
-    if "name" not in entry:
-        raise ConfigError(f"config key '{key}' has no 'name' (one of: {', '.join(HOOKS)})")
-    name = entry["name"]
-    lookup(HOOKS, name, f"{key}.name")
-    enabled, priority = entry.get("enabled", True), entry.get("priority")
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"config key '{key}.enabled' expects bool, got {enabled!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ConfigError(f"config key '{key}.priority' expects int, got {priority!r}")
-    options = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
-    valid = [*_ENTRY_KEYS, *HOOKS.options(name)]
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(HOOKS[name]).parameters.values()):
-        check_names(options, valid, key, f" for hook {name!r}")
-    return name, enabled, priority, options
-
-
-def check_hooks(entries: list[Any]) -> None:
-    """Check a config's ``hooks`` list at load: each entry names a :data:`HOOKS` entry ("did
-    you mean"), ``enabled`` / ``priority`` have their types, the options fit the constructor
-    (names and types) -- one line naming ``hooks[i].<key>``."""
-    for i, entry in enumerate(entries):
-        name, _, _, options = _split_entry(entry, i)
-        HOOKS.check(name, options, key=f"hooks[{i}]", name_key=f"hooks[{i}].name")
+def check_hooks(entries: list[Any]) -> list[Entry]:
+    """Check a config's ``hooks`` list (the config does this at load): each entry names a
+    :data:`HOOKS` entry ("did you mean"), ``enabled`` / ``priority`` have their types, the
+    options fit the constructor (names and types) -- one line naming ``hooks[i].<key>``."""
+    return check_entries(entries, HOOKS, key="hooks", reserved=ENTRY_KEYS)
 
 
 def build_hook(name: str, options: dict[str, Any], context: HookContext, key: str) -> HookBase | None:
@@ -359,10 +337,10 @@ def build_hooks(context: HookContext, entries: list[dict[str, Any]] | None = Non
     plan: dict[str, tuple[int, bool, dict[str, Any], str]] = {
         name: (priority, True, {}, f"hooks.{name}") for name, priority in DEFAULT_HOOKS.items()
     }
-    for i, entry in enumerate(entries or []):
-        name, enabled, priority, options = _split_entry(entry, i)
-        default = plan.get(name, (USER_PRIORITY, True, {}, ""))[0]
-        plan[name] = (_or(priority, default), enabled, options, f"hooks[{i}]")
+    for entry in check_hooks(list(entries or [])):
+        default = plan.get(entry.name, (USER_PRIORITY, True, {}, ""))[0]
+        priority = entry.reserved.get("priority")
+        plan[entry.name] = (_or(priority, default), entry.reserved.get("enabled", True), entry.options, entry.key)
     order = sorted(plan.items(), key=lambda item: item[1][0])  # stable: ties keep the order
     hooks = []
     for name, (_, enabled, options, key) in order:

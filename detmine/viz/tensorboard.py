@@ -48,8 +48,8 @@ import torch
 from torch import Tensor
 
 from detmine.errors import ConfigError
-from detmine.periodic import is_due
 from detmine.mining.record import MiningRecord
+from detmine.periodic import is_due
 from detmine.structures import HeadOutputs, Target
 from detmine.viz.draw import draw_mining
 

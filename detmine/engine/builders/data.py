@@ -124,11 +124,6 @@ def batch_geometry(model: nn.Module | None) -> dict[str, Any]:
     return out
 
 
-#: ``build_dataloader`` parameters the loader builders set themselves (not ``data.loader_options``;
-#: ``size_divisible`` / ``pad_value`` are the model's, and the options may override them).
-LOADER_PASSED = ("dataset", "batch_size", "train", "num_workers", "distributed", "seed")
-
-
 def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
     """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
     sharded over the processes when distributed; per-process batch = global / world size;
