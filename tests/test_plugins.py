@@ -20,7 +20,7 @@ from detmine.plugins import import_plugin, normalize_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 from detmine.engine.hooks import HOOKS
 from detmine.engine.trainer import PeriodicHook
@@ -79,7 +79,7 @@ class Counter(PeriodicHook):
 
     def load_state_dict(self, state):
         self.count = state["count"]
-'''
+"""
 
 RECIPE = """\
 data:
@@ -164,7 +164,9 @@ def test_plugin_components_train_resume_and_evaluate(plugin_recipe):
     assert counts(run) == [(1, 1), (2, 2), (3, 3), (4, 4)]  # the count went on from the checkpoint's 2
 
     # evaluation reads the run folder's own config (the plugin travels with it)
-    evaluated = tool("evaluate.py", run / "config.yaml", run / "model_0000004.pth", "--out", base / "results.json")
+    evaluated = tool(
+        "evaluate.py", run / "config.yaml", run / "model_0000004.pth", "--out", base / "results.json"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "Average Precision" in evaluated.stdout
 
@@ -209,7 +211,9 @@ def test_plugin_on_the_command_line_and_bad_plugins(tmp_path):
     plugin.write_text("from detmine.mining import MINERS, SSDMiner\nMINERS['late_ssd'] = SSDMiner\n")
     cfg = load_config(None, ["train.max_iters=1", "mining=late_ssd"], plugins=[str(plugin)])
     assert cfg.plugins == [normalize_plugin(str(plugin))]
-    with pytest.raises(ConfigError, match=r"plugin 'no_such_module_xyz': no module named 'no_such_module_xyz'"):
+    with pytest.raises(
+        ConfigError, match=r"plugin 'no_such_module_xyz': no module named 'no_such_module_xyz'"
+    ):
         import_plugin("no_such_module_xyz")
     with pytest.raises(ConfigError, match=r"plugin .*missing\.py.*does not exist"):
         import_plugin(str(tmp_path / "missing.py"))

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if args.resume:
         overrides.append("train.resume=true")
-    cfg = load_config(args.config, overrides, plugins=args.plugin)  # before the heavy imports: config errors are instant
+    cfg = load_config(
+        args.config, overrides, plugins=args.plugin
+    )  # before the heavy imports: config errors are instant
 
     from detmine import distributed as dist
     from detmine.engine import builders

@@ -99,12 +99,17 @@ def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONEN
     if "data" in sections:
         d = cfg.data
         d.transform_options = _table("transform").check(
-            d.train_transform, d.transform_options, key="data.transform_options", name_key="data.train_transform"
+            d.train_transform,
+            d.transform_options,
+            key="data.transform_options",
+            name_key="data.train_transform",
         )
         skip = _table("loader_passed")
         d.loader_options = check_options(_table("loader"), d.loader_options, "data.loader_options", skip=skip)
         note = " (evaluation never augments)"
-        check_names(d.eval_transform_options, _table("eval_geometry"), "data.eval_transform_options", note=note)
+        check_names(
+            d.eval_transform_options, _table("eval_geometry"), "data.eval_transform_options", note=note
+        )
     if "model" in sections:
         cfg.model.options = _table("model").check(
             cfg.model.name, cfg.model.options, key="model.options", name_key="model.name"

@@ -25,7 +25,9 @@ def criterion_settings() -> list[str]:
     return [name for name in component_options(Criterion) if name not in _PARTS]
 
 
-def check_loss_section(loss: Mapping[str, Any], cls_activation: str | None = None) -> dict[str, dict[str, Any]]:
+def check_loss_section(
+    loss: Mapping[str, Any], cls_activation: str | None = None
+) -> dict[str, dict[str, Any]]:
     """Check the ``loss`` section (see :func:`~detmine.components.check_section`); returns
     ``{loss name: coerced options}``. Used by the config at load and by :func:`build_criterion`."""
     defaults = head_defaults(cls_activation) if cls_activation else {}
@@ -38,11 +40,17 @@ def check_loss_section(loss: Mapping[str, Any], cls_activation: str | None = Non
     )
 
 
-def check_mining_section(mining: Mapping[str, Any], cls_activation: str | None = None) -> dict[str, dict[str, Any]]:
+def check_mining_section(
+    mining: Mapping[str, Any], cls_activation: str | None = None
+) -> dict[str, dict[str, Any]]:
     """Check the ``mining`` section; returns ``{miner name: coerced options}``."""
     defaults = head_defaults(cls_activation) if cls_activation else {}
     return check_section(
-        mining, key="mining", fields=["type"], tables={"type": MINERS}, defaults={"type": defaults.get("mining")}
+        mining,
+        key="mining",
+        fields=["type"],
+        tables={"type": MINERS},
+        defaults={"type": defaults.get("mining")},
     )
 
 
@@ -95,7 +103,9 @@ def build_criterion(
     mining = dict(mining or {})
     miner_type = mining.get("type") or defaults["mining"]
     options = check_mining_section(mining, cls_activation)
-    miner = MINERS.build(miner_type, options.get(miner_type), key=f"mining.{miner_type}", name_key="mining.type")
+    miner = MINERS.build(
+        miner_type, options.get(miner_type), key=f"mining.{miner_type}", name_key="mining.type"
+    )
 
     return Criterion(
         matcher=matcher,

@@ -65,6 +65,7 @@ def resizes_to_square(preset: str, square: bool | None = None) -> bool:
     training pipeline and the evaluation geometry that follows it both ask here."""
     return bool(square) if square is not None else preset != "retinanet"
 
+
 _IGNORE = -1  # label given to ignore regions inside the albumentations pipeline
 
 

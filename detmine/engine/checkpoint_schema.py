@@ -284,5 +284,3 @@ def _check_numpy_rng(npy: Any, field: str) -> _Problem:
     if not (ok and _is_int(has_gauss) and _is_number(cached)):
         return field, npy, expected
     return None
-
-

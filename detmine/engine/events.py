@@ -74,12 +74,16 @@ class EventStorage:
         """Markdown text (TensorBoard's text tab)."""
         self._events.texts.append((name, str(text), self._step(step)))
 
-    def put_table(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *, step: int | None = None) -> None:
+    def put_table(
+        self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *, step: int | None = None
+    ) -> None:
         """A table: a markdown text in TensorBoard and a ``table`` record in metrics.jsonl."""
         lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
         self.put_text(name, "\n".join(lines), step=step)
-        self.put_record("table", {"name": name, "header": list(header), "rows": [list(r) for r in rows]}, step=step)
+        self.put_record(
+            "table", {"name": name, "header": list(header), "rows": [list(r) for r in rows]}, step=step
+        )
 
     # SummaryWriter-compatible spelling, for visualisers written against a TensorBoard writer
     def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:
@@ -202,7 +206,9 @@ class ConsoleWriter(EventWriter):
 
     def _train_line(self, r: dict[str, Any]) -> None:
         if self.bar is not None and self.bar.bar is not None:
-            self.bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", img_s=f"{r['images_per_s']:.1f}")
+            self.bar.set_postfix(
+                loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", img_s=f"{r['images_per_s']:.1f}"
+            )
             return
         losses = "  ".join(f"{k[5:]} {float(v):.4f}" for k, v in r.items() if k.startswith("loss_"))
         log(

@@ -133,7 +133,9 @@ class CheckpointHook(HookBase):
 
     name = "checkpoint"
 
-    def __init__(self, manager: CheckpointManager, *, period: int, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, manager: CheckpointManager, *, period: int, extra: dict[str, Any] | None = None
+    ) -> None:
         self.manager = manager
         self.period = period
         self.extra = dict(extra or {})
@@ -251,7 +253,11 @@ def validation_loss_hook(context: HookContext, *, period: int | None = None) -> 
 
 
 def mining_vis_hook(
-    context: HookContext, *, period: int | None = None, num_images: int | None = None, top_k: int | None = None
+    context: HookContext,
+    *,
+    period: int | None = None,
+    num_images: int | None = None,
+    top_k: int | None = None,
 ) -> HookBase | None:
     """Mined-negative pictures every ``vis.period`` iterations (off at 0)."""
     v = context.cfg.vis
@@ -261,7 +267,11 @@ def mining_vis_hook(
     from detmine.viz.tensorboard import MiningVisualizer
 
     visualizer = MiningVisualizer(
-        None, period, num_images=_or(num_images, v.num_images), top_k=_or(top_k, v.top_k), class_names=context.class_names
+        None,
+        period,
+        num_images=_or(num_images, v.num_images),
+        top_k=_or(top_k, v.top_k),
+        class_names=context.class_names,
     )
     return MiningVisHook(visualizer, period=period)
 
@@ -277,7 +287,9 @@ def writers_hook(context: HookContext) -> WriterHook:
 def checkpoint_hook(context: HookContext, *, period: int | None = None) -> CheckpointHook:
     """``train.checkpoint_period`` unless ``period`` is given."""
     extra = {k: v for k, v in context.extra.items() if k in ("config", "class_names")}
-    return CheckpointHook(context.checkpoints, period=_or(period, context.cfg.train.checkpoint_period), extra=extra)
+    return CheckpointHook(
+        context.checkpoints, period=_or(period, context.cfg.train.checkpoint_period), extra=extra
+    )
 
 
 #: name -> hook class or factory (``hooks: [{name: ...}]``); a factory or class whose signature
@@ -325,7 +337,11 @@ def build_hook(name: str, options: dict[str, Any], context: HookContext, key: st
     factory = HOOKS[name]
     passed = {"context": context} if "context" in inspect.signature(factory).parameters else {}
     hook = construct(factory, checked, key, **passed)
-    if hook is not None and not getattr(hook, "name", "") and type(hook).state_dict is not HookBase.state_dict:
+    if (
+        hook is not None
+        and not getattr(hook, "name", "")
+        and type(hook).state_dict is not HookBase.state_dict
+    ):
         hook.name = name
     return hook
 
@@ -340,7 +356,12 @@ def build_hooks(context: HookContext, entries: list[dict[str, Any]] | None = Non
     for entry in check_hooks(list(entries or [])):
         default = plan.get(entry.name, (USER_PRIORITY, True, {}, ""))[0]
         priority = entry.reserved.get("priority")
-        plan[entry.name] = (_or(priority, default), entry.reserved.get("enabled", True), entry.options, entry.key)
+        plan[entry.name] = (
+            _or(priority, default),
+            entry.reserved.get("enabled", True),
+            entry.options,
+            entry.key,
+        )
     order = sorted(plan.items(), key=lambda item: item[1][0])  # stable: ties keep the order
     hooks = []
     for name, (_, enabled, options, key) in order:

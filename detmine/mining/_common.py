@@ -40,7 +40,9 @@ def check_fraction(option: str, value: float, *, low_open: bool, allow_none: boo
     number = not isinstance(value, bool) and isinstance(value, (int, float))
     if not number or not ((0.0 < value) if low_open else (0.0 <= value)) or value > 1.0:
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise OptionError(option, f"must be {'null or ' if allow_none else ''}a number in {interval}, got {value!r}")
+        raise OptionError(
+            option, f"must be {'null or ' if allow_none else ''}a number in {interval}, got {value!r}"
+        )
     return float(value)
 
 

@@ -103,7 +103,8 @@ class OHEMMiner:
         check_count("pre_nms_topk", pre_nms_topk, 1)
         if pre_nms_topk < batch_size_per_image:
             raise OptionError(
-                "pre_nms_topk", f"must be >= batch_size_per_image ({batch_size_per_image}), got {pre_nms_topk}"
+                "pre_nms_topk",
+                f"must be >= batch_size_per_image ({batch_size_per_image}), got {pre_nms_topk}",
             )
         if nms_boxes not in NMS_BOXES:
             raise OptionError(

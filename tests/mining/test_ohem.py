@@ -171,7 +171,9 @@ def test_box_source_is_nms_boxes_and_boxes_are_required(nms_boxes):
 def test_bad_nms_boxes_is_a_config_error():
     with pytest.raises(ConfigError, match=r"mining\.ohem\.nms_boxes.*'anchors', 'predictions'.*'decoded'"):
         build_miner("ohem", nms_boxes="decoded")
-    with pytest.raises(ConfigError, match=r"^nms_boxes must be one of 'anchors', 'predictions', got 'decoded'"):
+    with pytest.raises(
+        ConfigError, match=r"^nms_boxes must be one of 'anchors', 'predictions', got 'decoded'"
+    ):
         OHEMMiner(nms_boxes="decoded")
 
 

@@ -325,7 +325,9 @@ def test_the_activation_is_the_heads_and_travels_with_the_outputs():
 
 
 def test_build_model_errors_name_the_valid_choices():
-    with pytest.raises(ConfigError, match="config key 'model.name' is 'yolo'; valid: 'ssd300_vgg16', .*'ssdlite_tiny'"):
+    with pytest.raises(
+        ConfigError, match="config key 'model.name' is 'yolo'; valid: 'ssd300_vgg16', .*'ssdlite_tiny'"
+    ):
         build_model("yolo", 3)
     with pytest.raises(
         ConfigError,

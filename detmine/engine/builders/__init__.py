@@ -3,13 +3,13 @@ goes through these functions, so a recipe means the same thing everywhere.
 
 - :mod:`~detmine.engine.builders.data`: datasets, transforms, loaders;
 - :mod:`~detmine.engine.builders.model`: the detector, weights into it, the criterion;
-- :mod:`~detmine.engine.builders.training`: device, optimisation parts, the run folder, the
-  hooks and the :class:`~detmine.engine.trainer.Trainer`.
+- :mod:`~detmine.engine.builders.training`: device, optimisation parts, the hooks and the
+  :class:`~detmine.engine.trainer.Trainer` over the run folder
+  (:class:`~detmine.engine.run_folder.RunFolder`).
 
-Free-form option dicts (``model.options``, ``data.options``, ``data.transform_options``,
-``data.loader_options``) are checked against the signature of the function they are passed
-to: an unknown option is a one-line :class:`~detmine.errors.ConfigError` naming the key and
-the valid options.
+Builders only build: the config they are given was checked once, at load
+(:func:`detmine.config.load_config`: every component name, option and type against its table's
+constructor signature).
 """
 
 from detmine.engine.builders.data import (
@@ -33,12 +33,12 @@ from detmine.engine.builders.model import (
     read_detector_weights,
 )
 from detmine.engine.builders.training import (
-    RunFolder,
     build_hooks,
     build_optimization,
     build_trainer,
     schedule_length,
 )
+from detmine.engine.run_folder import RunFolder
 
 __all__ = [
     "DetectorWeights",
