@@ -176,9 +176,11 @@ def component_options(cls_or_fn: Callable) -> list[str]:
 def option_types(cls_or_fn: Callable) -> dict[str, Any]:
     """``{option: annotation}`` of a constructor / builder (``Any`` where none is given or it
     cannot be resolved)."""
-    target = cls_or_fn.__init__ if inspect.isclass(cls_or_fn) else cls_or_fn
+    target = cls_or_fn
     while isinstance(target, functools.partial):
         target = target.func
+    if inspect.isclass(target):
+        target = target.__init__
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # an annotation naming something not importable here: check nothing

@@ -14,7 +14,7 @@ class ConfigError(DetmineError):
     """A config key, type or value is wrong (message names the key and the valid choices)."""
 
 
-class OptionError(ConfigError):
+class OptionError(ConfigError, ValueError):
     """A component's option has a bad value. The component names only its ``option`` (it does
     not know under which config key it was registered); the component table that built it
     prefixes the key the user wrote (``mining.ohem.nms_iou must be ...``)."""

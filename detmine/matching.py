@@ -31,6 +31,7 @@ would then tie that GT with *every* anchor (low-quality) or force anchor 0
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,9 +243,10 @@ class Matcher:
         ignore_iof_thresh: float = 0.5,
     ) -> None:
         if not 0.0 <= bg_iou_thresh <= fg_iou_thresh <= 1.0:
-            raise ValueError(
-                f"matcher thresholds need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, "
-                f"got bg_iou_thresh={bg_iou_thresh}, fg_iou_thresh={fg_iou_thresh}"
+            raise OptionError(
+                "bg_iou_thresh",
+                f"must lie in [0, fg_iou_thresh] with fg_iou_thresh <= 1, "
+                f"got bg_iou_thresh={bg_iou_thresh}, fg_iou_thresh={fg_iou_thresh}",
             )
         self.fg_iou_thresh = float(fg_iou_thresh)
         self.bg_iou_thresh = float(bg_iou_thresh)
@@ -365,47 +367,14 @@ class Matcher:
         labels.masked_fill_((iof >= self.ignore_iof_thresh) & (labels <= 0), -1)
 
 
-def _matcher(**options: Any) -> Matcher:
-    try:
-        return Matcher(**options)
-    except ValueError as exc:  # the thresholds' order: a relation of two options
-        raise OptionError("bg_iou_thresh", f"and fg_iou_thresh do not fit: {exc}") from None
-
-
-def ssd_matcher(
-    *,
-    fg_iou_thresh: float = 0.5,
-    bg_iou_thresh: float = 0.5,
-    allow_low_quality: bool = False,
-    force_best_match: bool = True,
-    ignore_iof_thresh: float = 0.5,
-) -> Matcher:
-    """The ``ssd`` preset: 0.5 / 0.5 (no ignore band) plus each GT's forced best anchor."""
-    return _matcher(
-        fg_iou_thresh=fg_iou_thresh,
-        bg_iou_thresh=bg_iou_thresh,
-        allow_low_quality=allow_low_quality,
-        force_best_match=force_best_match,
-        ignore_iof_thresh=ignore_iof_thresh,
-    )
-
-
-def retinanet_matcher(
-    *,
-    fg_iou_thresh: float = 0.5,
-    bg_iou_thresh: float = 0.4,
-    allow_low_quality: bool = True,
-    force_best_match: bool = False,
-    ignore_iof_thresh: float = 0.5,
-) -> Matcher:
-    """The ``retinanet`` preset: 0.5 / 0.4 with low-quality matches."""
-    return _matcher(
-        fg_iou_thresh=fg_iou_thresh,
-        bg_iou_thresh=bg_iou_thresh,
-        allow_low_quality=allow_low_quality,
-        force_best_match=force_best_match,
-        ignore_iof_thresh=ignore_iof_thresh,
-    )
+#: the built-in presets: :class:`Matcher` with the preset's values as the defaults of its
+#: keyword options (so a preset's signature is the schema of the ``matching.*`` overrides).
+ssd_matcher = functools.partial(
+    Matcher, fg_iou_thresh=0.5, bg_iou_thresh=0.5, allow_low_quality=False, force_best_match=True
+)
+retinanet_matcher = functools.partial(
+    Matcher, fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality=True, force_best_match=False
+)
 
 
 #: name -> preset builder (``matching.preset``); a preset's keyword signature is the schema of
