@@ -11,6 +11,9 @@ Treat both as read-only: copy them (``shutil.copytree``) before corrupting anyth
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -52,3 +55,21 @@ def _load_tool(name: str) -> ModuleType:
 def load_tool() -> Callable[[str], ModuleType]:
     """``load_tool("evaluate").main([...])`` runs a tool in-process."""
     return _load_tool
+
+
+def run_tool_process(name: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python tools/<name> ARGS`` as a real process (one torch thread), output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / name), *map(str, args)],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tool_process() -> Callable[..., subprocess.CompletedProcess]:
+    """``tool_process("train.py", recipe, "--resume")``: a tool run as its own process."""
+    return run_tool_process

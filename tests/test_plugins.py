@@ -7,9 +7,6 @@ typo or a wrong type in each one's option is one line naming the key."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +14,6 @@ import pytest
 from detmine.config import load_config
 from detmine.errors import ConfigError
 from detmine.plugins import import_plugin, normalize_plugin
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN = """
 import torch
@@ -120,17 +115,6 @@ def tables_restored(monkeypatch):
             del table[name]
 
 
-def tool(name: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / name), *map(str, args)],
-        cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def plugin_recipe(tmp_path_factory):
     from detmine.data.synthetic import ensure_synthetic
@@ -149,7 +133,8 @@ def counts(run: Path) -> list[tuple[int, int]]:
     return [(r["iteration"], r["count"]) for r in records if r["type"] == "counter"]
 
 
-def test_plugin_components_train_resume_and_evaluate(plugin_recipe):
+def test_plugin_components_train_resume_and_evaluate(plugin_recipe, tool_process):
+    tool = tool_process
     base, recipe, plugin = plugin_recipe
     run = base / "run"
     first = tool("train.py", recipe, "--output-dir", run)
@@ -196,7 +181,8 @@ def test_a_typo_or_a_wrong_type_is_one_line_naming_the_key(plugin_recipe, overri
         assert part in message, (override, message)
 
 
-def test_the_command_line_says_it_in_one_line_before_any_data_is_read(plugin_recipe, tmp_path):
+def test_the_command_line_says_it_in_one_line_before_any_data_is_read(plugin_recipe, tmp_path, tool_process):
+    tool = tool_process
     _, recipe, _ = plugin_recipe
     proc = tool("train.py", recipe, "--output-dir", tmp_path / "run", "mining.strided.stride=abc")
     assert proc.returncode == 2
