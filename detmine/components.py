@@ -404,7 +404,7 @@ def check_section(
     chosen = {f: values.get(f) or (defaults or {}).get(f) for f in tables}
     for field_name, name in chosen.items():
         if values.get(field_name) is not None:
-            lookup(tables[field_name], name, f"{key}.{field_name}")
+            lookup(tables[field_name], typing.cast(str, name), f"{key}.{field_name}")
     owner_of = {name: f for f, table in tables.items() for name in table}
     first = [n for n in chosen.values() if n in owner_of]
     order = first + [n for n in owner_of if n not in first]

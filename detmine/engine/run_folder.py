@@ -18,6 +18,7 @@ from detmine.config import Config, config_to_dict, save_config
 from detmine.console import log
 from detmine.engine.checkpoint import CheckpointManager
 from detmine.engine.resume import ConfigChanges, check_resume_config
+from detmine.engine.trainer import HookBase
 from detmine.errors import CheckpointError, ConfigError
 from detmine.run_lock import RunLock
 from detmine.safe_io import atomic_write_text, write_error
@@ -191,18 +192,13 @@ def lock_run_folder(path: Path) -> RunLock | None:
     return lock
 
 
-class RunLockHook:
+class RunLockHook(HookBase):
     """The last hook: gives the run folder's lock back when training ends (``close``)."""
 
     name = ""
 
     def __init__(self, lock: RunLock | None) -> None:
         self.lock = lock
-
-    def before_train(self, trainer: Any) -> None:
-        pass
-
-    after_step = after_train = on_stop = before_train
 
     def close(self) -> None:
         if self.lock is not None:

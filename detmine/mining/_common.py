@@ -32,13 +32,19 @@ def check_count(option: str, value: int, minimum: int) -> int:
     return value
 
 
-def check_fraction(option: str, value: float, *, low_open: bool, allow_none: bool = False) -> float | None:
+def check_fraction(
+    option: str, value: float | None, *, low_open: bool, allow_none: bool = False
+) -> float | None:
     """``value`` as a number in ``(0, 1]`` (``low_open``) or ``[0, 1]``; ``None`` passes with
     ``allow_none``. Otherwise an :class:`OptionError` naming ``option``."""
     if value is None and allow_none:
         return None
-    number = not isinstance(value, bool) and isinstance(value, (int, float))
-    if not number or not ((0.0 < value) if low_open else (0.0 <= value)) or value > 1.0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value > 1.0
+        or not (0.0 < value if low_open else 0.0 <= value)
+    ):
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise OptionError(
             option, f"must be {'null or ' if allow_none else ''}a number in {interval}, got {value!r}"
