@@ -5,4 +5,4 @@ SSD-style hard negative mining, OHEM and the focal loss as one-line swaps.
 """
 
 # The one place the version is set: pyproject.toml reads it (``[tool.setuptools.dynamic]``).
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
