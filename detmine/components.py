@@ -463,9 +463,8 @@ def check_entries(
             if k != "name" and k in entry
         }
         options = {k: v for k, v in entry.items() if k not in reserved}
-        for option in options:
-            if option not in table.options(name) and not _takes_any(table[name]):
-                check_names([option], [*reserved, *table.options(name)], where, f" for {table.kind} {name!r}")
+        if not _takes_any(table[name]):  # name the reserved keys among the valid ones too
+            check_names(options, [*reserved, *table.options(name)], where, f" for {table.kind} {name!r}")
         out.append(Entry(name, fixed, table.check(name, options, key=where, name_key=f"{where}.name"), where))
     return out
 
