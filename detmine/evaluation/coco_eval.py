@@ -67,13 +67,7 @@ def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | N
             coco_dt = COCO()
             coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
             coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        if image_ids is not None:
-            coco_eval.params.imgIds = sorted(image_ids)
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return coco_eval
+        return _summarized(COCOeval(coco_gt, coco_dt, iouType="bbox"), image_ids)
 
 
 def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
@@ -92,7 +86,12 @@ def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int
     coco_dt = COCO(print_function=quiet)
     coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": annotations}
     coco_dt.createIndex()
-    coco_eval = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
+    return _summarized(COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet), image_ids)
+
+
+def _summarized(coco_eval: Any, image_ids: Sequence[int] | None) -> Any:
+    """Either backend's evaluator, restricted to ``image_ids`` when given, evaluated,
+    accumulated and summarised (the same calls for both: their APIs are the same)."""
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(image_ids)
     coco_eval.evaluate()
