@@ -86,9 +86,15 @@ def test_unknown_option_or_depth_is_refused(name):
         MODELS[name](3, fpn_chanels=32)
     with pytest.raises(TypeError, match="depth"):
         MODELS[name](3, depth=34)  # the name fixes the depth
-    with pytest.raises(ConfigError, match="no option 'depth'; valid options: image_size, fpn_channels"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"unknown config key 'model\.options\.depth' for {name}; valid options: image_size, fpn_channels",
+    ):
         build_model(name, 3, depth=34)
-    with pytest.raises(ConfigError, match="no option 'fpn_chanels'; valid options: .*fpn_channels"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'model\.options\.fpn_chanels'.*did you mean 'model\.options\.fpn_channels'\? valid options: .*fpn_channels",
+    ):
         build_model(name, 3, fpn_chanels=32)
 
 
