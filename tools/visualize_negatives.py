@@ -31,7 +31,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -84,18 +84,31 @@ def write_png(path: Path, image_rgb: Any) -> None:
     atomic_write_bytes(path, encoded.tobytes(), what="picture", where="--out-dir")
 
 
-def run(args: argparse.Namespace) -> int:
+class _Job(NamedTuple):
+    """What the tool works with once the config, the checkpoint and the outputs were checked."""
+
+    cfg: Any
+    split: str
+    device: Any
+    out_dir: Path
+    model: Any
+    dataset: Any
+    criterion: Any
+    loader: Any
+    n_gallery: int
+    writer: Any = None
+
+
+def _prepare(args: argparse.Namespace) -> _Job:
+    """The config (the sections the criterion needs), the output folders checked before any work,
+    the detector on the split, the criterion and the loader over the images to look at."""
     from torch.utils.data import Subset
 
     from detmine.config import load_config
     from detmine.config.loading import COMPONENT_SECTIONS
-    from detmine.console import Progress
     from detmine.data.loader import build_dataloader
     from detmine.engine import builders
-    from detmine.engine.trainer import targets_to
-    from detmine.safe_io import atomic_write_text, check_writable
-    from detmine.viz.gallery import HardNegativeGallery
-    from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
+    from detmine.safe_io import check_writable
 
     used = [s for s in COMPONENT_SECTIONS if s != "hooks"]  # the criterion, not training's hooks
     cfg = load_config(args.config, args.overrides, plugins=args.plugin, sections=used)
@@ -111,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
         cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
     )
     criterion = builders.build_criterion_from_config(cfg, model).to(device)
-
     n_gallery = len(dataset) if args.gallery_images == 0 else min(args.gallery_images, len(dataset))
     n_total = max(min(args.num_images, len(dataset)), n_gallery)
     if n_total == 0:
@@ -128,57 +140,79 @@ def run(args: argparse.Namespace) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=args.logdir)
-    stats_logger = MiningVisualizer(writer, period=1, num_images=0, class_names=dataset.class_names)
-    gallery = HardNegativeGallery(
-        args.gallery_size, class_names=dataset.class_names, class_aware=args.class_aware
-    )
+    return _Job(cfg, split, device, out_dir, model, dataset, criterion, loader, n_gallery, writer)
 
+
+def _visit(job: _Job, args: argparse.Namespace, gallery: Any) -> int:
+    """Every batch: the criterion's mining record, a picture per image (the first
+    ``--num-images``), the false positives into the gallery; returns the pictures drawn."""
+    from detmine.console import Progress
+    from detmine.engine.trainer import targets_to
+    from detmine.viz.tensorboard import MiningVisualizer, image_to_numpy, render_mining_image
+
+    names = job.dataset.class_names
+    stats_logger = MiningVisualizer(job.writer, period=1, num_images=0, class_names=names)
     seen = drawn = 0
-    progress = Progress(n_total, "negatives", unit="img", enabled=not args.no_progress)
+    progress = Progress(len(job.loader.dataset), "negatives", unit="img", enabled=not args.no_progress)
     with torch.no_grad():
-        for step, (images, targets) in enumerate(loader):
-            images = images.to(device)
-            targets = targets_to(targets, device)
-            outputs = model(images)
-            _, record = criterion(outputs, targets)
+        for step, (images, targets) in enumerate(job.loader):
+            images = images.to(job.device)
+            targets = targets_to(targets, job.device)
+            outputs = job.model(images)
+            _, record = job.criterion(outputs, targets)
             sizes = [tuple(t["input_size"]) for t in targets]
-            detections = model.postprocess(
+            detections = job.model.postprocess(
                 outputs,
                 image_shape=tuple(images.shape[-2:]),
                 input_sizes=sizes,
                 level_counts=outputs.level_counts,
-                **{**cfg.eval.postprocess.options(), "score_thresh": args.score_thresh},
+                **{**job.cfg.eval.postprocess.options(), "score_thresh": args.score_thresh},
             )
-            if writer is not None:
+            if job.writer is not None:
                 stats_logger.log(step, images, targets, outputs, record)
             for b, target in enumerate(targets):
                 if seen + b < args.num_images:
                     picture = render_mining_image(
-                        images[b], target, outputs.anchors, record, b,
-                        top_k=cfg.vis.top_k, class_names=dataset.class_names,
-                    )  # fmt: skip
-                    write_png(out_dir / "negatives" / f"{drawn:04d}_img{target['image_id']}.png", picture)
-                    if writer is not None:
-                        writer.add_image(f"negatives/{drawn}", picture, 0, dataformats="HWC")
+                        images[b],
+                        target,
+                        outputs.anchors,
+                        record,
+                        b,
+                        top_k=job.cfg.vis.top_k,
+                        class_names=names,
+                    )
+                    write_png(job.out_dir / "negatives" / f"{drawn:04d}_img{target['image_id']}.png", picture)
+                    if job.writer is not None:
+                        job.writer.add_image(f"negatives/{drawn}", picture, 0, dataformats="HWC")
                     drawn += 1
-                if seen + b < n_gallery:
+                if seen + b < job.n_gallery:
                     gallery.add(image_to_numpy(images[b], sizes[b]), detections[b], target)
             seen += len(targets)
             progress.update(len(targets))
     progress.close()
+    return drawn
 
-    grid = gallery.render()
-    write_png(out_dir / "gallery.png", grid)
-    atomic_write_text(
-        out_dir / "gallery.json", json.dumps(gallery.to_json(), indent=1), what="gallery", where="--out-dir"
+
+def run(args: argparse.Namespace) -> int:
+    from detmine.safe_io import atomic_write_text
+    from detmine.viz.gallery import HardNegativeGallery
+
+    job = _prepare(args)
+    gallery = HardNegativeGallery(
+        args.gallery_size, class_names=job.dataset.class_names, class_aware=args.class_aware
     )
-    if writer is not None:
-        writer.add_image("negatives/gallery", grid, 0, dataformats="HWC")
-        writer.close()
+    drawn = _visit(job, args, gallery)
+    grid = gallery.render()
+    write_png(job.out_dir / "gallery.png", grid)
+    text = json.dumps(gallery.to_json(), indent=1)
+    atomic_write_text(job.out_dir / "gallery.json", text, what="gallery", where="--out-dir")
+    if job.writer is not None:
+        job.writer.add_image("negatives/gallery", grid, 0, dataformats="HWC")
+        job.writer.close()
     print(
-        f"wrote {drawn} mined-negative pictures to {out_dir / 'negatives'}; gallery of the "
+        f"wrote {drawn} mined-negative pictures to {job.out_dir / 'negatives'}; gallery of the "
         f"{len(gallery.items)} highest-scoring of {gallery.num_false_positives} false positives "
-        f"(score >= {args.score_thresh}, {n_gallery} images) to {out_dir / 'gallery.png'}"
+        f"(score >= {args.score_thresh}, {job.n_gallery} images) to {job.out_dir / 'gallery.png'}"
     )
     return 0
 
