@@ -34,6 +34,7 @@ from detmine.console import warn
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
 from detmine.engine.events import ConsoleWriter, EventWriter, JSONLinesWriter, TensorBoardWriter
 from detmine.engine.trainer import HookBase, PeriodicHook, Trainer
+from detmine.errors import DetmineError
 from detmine.periodic import is_due
 
 
@@ -105,6 +106,7 @@ class WriterHook(HookBase):
         self.writers = writers
 
     def before_train(self, trainer: Trainer) -> None:
+        self._trainer = trainer
         for writer in self.writers:
             writer.start(trainer.iteration, trainer.max_iters)
 
@@ -117,6 +119,15 @@ class WriterHook(HookBase):
     after_step = after_train = on_stop = flush
 
     def close(self) -> None:
+        """Write what is still in the storage (a step that ended in an exception), then close
+        the writers; a failing write here is a warning, so it never hides the exception that
+        ended training."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            try:
+                self.flush(trainer)
+            except DetmineError as exc:
+                warn(str(exc))
         for writer in self.writers:
             writer.close()
         self.writers = []
