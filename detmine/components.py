@@ -296,11 +296,21 @@ class ComponentTable(MutableMapping[str, Any]):
         entries: the built-in entries.
         passed: constructor parameters the builder passes itself (``num_classes`` of a model),
             not options a user sets.
+        entry_keys: for a kind named in a list of entries (``hooks: [{name: ..., enabled: ...}]``),
+            the keys of an entry that are not options (:func:`check_entries`).
     """
 
-    def __init__(self, kind: str, entries: Mapping[str, Any] | None = None, *, passed: Sequence[str] = ()):
+    def __init__(
+        self,
+        kind: str,
+        entries: Mapping[str, Any] | None = None,
+        *,
+        passed: Sequence[str] = (),
+        entry_keys: Sequence[str] = ("name",),
+    ):
         self.kind = kind
         self.passed = tuple(passed)
+        self.entry_keys = tuple(entry_keys)
         self._entries: dict[str, Any] = dict(entries or {})
 
     # mapping protocol
@@ -441,14 +451,18 @@ class Entry:
 RESERVED_TYPES: dict[str, Any] = {"enabled": bool, "priority": int | None}
 
 
-def check_entries(
-    entries: Sequence[Any], table: ComponentTable, *, key: str, reserved: Sequence[str] = ("name",)
-) -> list[Entry]:
+def check_entries(entries: Sequence[Any], table: ComponentTable, *, key: str) -> list[Entry]:
     """Check a list of named component entries: each a mapping with ``name`` (an entry of
-    ``table``, "did you mean"), the ``reserved`` keys with their :data:`RESERVED_TYPES`, and the
-    rest options of the entry's constructor (names and types) -- one line naming
-    ``{key}[i].<key>``. Returns them as :class:`Entry` s."""
-    out = []
+    ``table``, "did you mean", each name once: it is the key of the component's state), the
+    table's other ``entry_keys`` with their :data:`RESERVED_TYPES`, and the rest options of the
+    entry's constructor (names and types) -- one line naming ``{key}[i].<key>``. Returns them as
+    :class:`Entry` s."""
+    reserved = table.entry_keys
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(
+            f"config key '{key}' must be a list of {{name: ..., <option>: ...}} entries, got {entries!r}"
+        )
+    out: list[Entry] = []
     for i, entry in enumerate(entries):
         where = f"{key}[{i}]"
         if not isinstance(entry, Mapping) or "name" not in entry:
@@ -457,6 +471,11 @@ def check_entries(
             )
         name = entry["name"]
         lookup(table, name, f"{where}.name")
+        first = next((e.key for e in out if e.name == name), None)
+        if first is not None:
+            raise ConfigError(
+                f"config key '{where}.name' repeats {name!r} of '{first}': give each {table.kind} once"
+            )
         fixed = {
             k: coerce(entry[k], RESERVED_TYPES.get(k, Any), f"{where}.{k}")
             for k in reserved

@@ -2,7 +2,7 @@
 tool.
 
 A plugin is an importable module name (``my_project.detmine_parts``) or a path to a ``.py``
-file. Importing it runs its registrations (``MINERS["hard"] = HardMiner``,
+file (a relative path is taken from the current folder, and saved absolute). Importing it runs its registrations (``MINERS["hard"] = HardMiner``,
 ``@HOOKS.register("counter")`` ...) before the config's components are checked; the list is
 saved in the run's ``config.yaml`` (files as absolute paths), so every tool that reads the run
 folder imports the same plugins. A plugin is code: it runs because the user named it in a

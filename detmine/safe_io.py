@@ -7,8 +7,9 @@ over the destination, so a crash leaves the old file or the new one, never half 
 :class:`~detmine.errors.CheckpointError` line naming the path and the cause (``[ENOSPC]``...);
 the previous file is untouched and the temporary file removed. The file gets the mode a plain
 ``open(path, "w")`` would give it (``0o666`` less the umask), not ``mkstemp``'s 0600.
-:func:`check_writable` / :func:`prepare_output_dir` check an output location before a long job
-(the tools: evaluate, visualize_negatives, export_weights), in the same one-line form.
+:func:`check_writable` checks an output location before a long job (the tools: evaluate,
+visualize_negatives, export_weights) and :func:`prepare_output_dir` also creates it, in the
+same one-line form.
 
 Reading: a ``.pth`` file is a pickle, and unpickling can run any code the file names (a
 ``__reduce__`` that calls ``os.system``). :func:`read_torch_file` therefore loads with

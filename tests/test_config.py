@@ -146,3 +146,27 @@ def test_component_sections_are_checked_against_their_constructors(tmp_path):
         assert "\n" not in str(info.value)
         for part in expected:
             assert part in str(info.value), (override, str(info.value))
+
+
+def test_a_null_matching_option_means_the_presets_value():
+    """config.yaml files written before matching options were checked carry explicit nulls."""
+    from detmine.box_coder import BoxCoder
+    from detmine.criterion import build_criterion
+
+    cfg = load_config(None, ["train.max_iters=1", "matching.preset=retinanet", "matching.fg_iou_thresh=null"])
+    assert cfg.matching.options == {"fg_iou_thresh": None}
+    matcher = build_criterion("sigmoid", BoxCoder(), matching=cfg.matching.matcher_options()).matcher
+    assert matcher.fg_iou_thresh == 0.5 and matcher.bg_iou_thresh == 0.4
+
+
+def test_resume_treats_empty_lists_as_unset_and_plugins_hooks_as_free():
+    from detmine.engine.resume import diff_configs
+
+    old = {"train": {"lr": 0.01}, "matching": {"preset": "ssd", "fg_iou_thresh": None}}
+    new = {"train": {"lr": 0.01}, "matching": {"preset": "ssd"}, "plugins": [], "hooks": []}
+    assert not diff_configs(old, new).other  # a checkpoint of before plugins / hooks existed
+    changed = diff_configs({**new, "plugins": ["a.py"]}, {**new, "plugins": ["a.py", "b.py"]})
+    assert not changed.other and "plugins" in changed.free
+    changed = diff_configs(new, {**new, "hooks": [{"name": "counter", "period": 5}]})
+    assert not changed.other and "hooks" in changed.free
+    assert diff_configs(new, {**new, "train": {"lr": 0.02}}).other == {"train.lr": (0.01, 0.02)}

@@ -122,7 +122,7 @@ def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONEN
             fields = [f.name for f in dataclasses.fields(section) if f.name != "components"]
             check_section(section_options(section), key=name, fields=fields, tables=_tables(type(section)))
     if "hooks" in sections and cfg.hooks:
-        check_entries(cfg.hooks, _table("hook"), key="hooks", reserved=("name", "enabled", "priority"))
+        check_entries(cfg.hooks, _table("hook"), key="hooks")
 
 
 def _check_matching(cfg: Config) -> None:
@@ -131,10 +131,12 @@ def _check_matching(cfg: Config) -> None:
 
     m, presets = cfg.matching, _table("matcher")
     names = [m.preset] if m.preset is not None else [d["matching"] for d in _table("head_defaults").values()]
+    given = {k: v for k, v in m.options.items() if v is not None}  # null: the preset's value
     for preset in names:
         valid = presets.get_entry_options(preset, name_key="matching.preset")
         check_names(m.options, ["preset", *valid], "matching")
-        m.options = presets.check(preset, m.options, key="matching", name_key="matching.preset")
+        given = presets.check(preset, given, key="matching", name_key="matching.preset")
+    m.options = {k: given.get(k) for k in m.options}
 
 
 def _section_hint(cls: type, key: str, name: str) -> ConfigError:

@@ -49,7 +49,7 @@ from albumentations.augmentations.geometric.pad import Pad
 
 from detmine.components import ComponentTable
 from detmine.data.min_iou_crop import SSD_MIN_IOUS, MinIoURandomCrop
-from detmine.errors import ConfigError, DataError
+from detmine.errors import ConfigError, DataError, OptionError
 
 #: ImageNet mean in 0..255 RGB: the model normalises with it, so a canvas filled
 #: with it is zero after normalisation.
@@ -290,7 +290,9 @@ def _preset_pipeline(
         raise ConfigError(f"transform image_size must be a positive int (or ints), got {image_size!r}")
     square = resizes_to_square(preset, square)
     if preset == "ssd" and not square:
-        raise ConfigError("the ssd preset resizes to a fixed square; square=False is not supported")
+        raise OptionError(
+            "square", "must be true (or unset) for the ssd preset: it resizes to a fixed square"
+        )
     if (square or preset == "eval") and len(sizes) != 1:
         raise ConfigError(f"preset {preset!r} (square={square}) takes one image_size, got {image_size!r}")
     resize: A.BasicTransform

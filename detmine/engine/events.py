@@ -157,15 +157,23 @@ def append_all_or_nothing(path: Path, text: str, *, what: str) -> None:
 
 
 class TensorBoardWriter(EventWriter):
-    """A ``torch.utils.tensorboard.SummaryWriter`` in the run folder."""
+    """A ``torch.utils.tensorboard.SummaryWriter`` in the run folder, opened by :meth:`start`."""
 
     def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+
+    def start(self, iteration: int, max_iters: int) -> None:
+        # when training starts, not when the hooks are built: a resume that fails before
+        # leaves no new events file behind
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer: Any = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def write(self, events: Events, iteration: int) -> None:
         w = self.writer
+        if w is None:
+            return
         for tag, value, step in events.scalars:
             w.add_scalar(tag, value, step)
         for tag, values, step in events.histograms:

@@ -34,7 +34,7 @@ from detmine.console import warn
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
 from detmine.engine.events import ConsoleWriter, EventWriter, JSONLinesWriter, TensorBoardWriter
 from detmine.engine.trainer import HookBase, PeriodicHook, Trainer
-from detmine.errors import DetmineError
+from detmine.errors import DetmineError, OptionError
 from detmine.periodic import is_due
 
 
@@ -147,6 +147,8 @@ class CheckpointHook(HookBase):
     def __init__(
         self, manager: CheckpointManager, *, period: int, extra: dict[str, Any] | None = None
     ) -> None:
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+            raise OptionError("period", f"must be an integer >= 0 (0: only at the end), got {period!r}")
         self.manager = manager
         self.period = period
         self.extra = dict(extra or {})
@@ -272,6 +274,9 @@ def mining_vis_hook(
 ) -> HookBase | None:
     """Mined-negative pictures every ``vis.period`` iterations (off at 0)."""
     v = context.cfg.vis
+    for option, value in (("period", period), ("num_images", num_images), ("top_k", top_k)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise OptionError(option, f"must be an integer >= 0, got {value!r}")
     period = _or(period, v.period)
     if period <= 0 or not dist.is_main_process():
         return None
@@ -317,6 +322,7 @@ HOOKS = ComponentTable(
         "checkpoint": checkpoint_hook,
     },
     passed=("context",),
+    entry_keys=("name", "enabled", "priority"),
 )
 
 #: the built-in hooks every run starts from, with their priorities (lower runs first).
@@ -330,15 +336,13 @@ DEFAULT_HOOKS: dict[str, int] = {
 }
 #: the priority of a config's hook that names none.
 USER_PRIORITY = 50
-#: the keys of a ``hooks`` entry that are not the hook's options.
-ENTRY_KEYS = ("name", "enabled", "priority")
 
 
 def check_hooks(entries: list[Any]) -> list[Entry]:
     """Check a config's ``hooks`` list (the config does this at load): each entry names a
     :data:`HOOKS` entry ("did you mean"), ``enabled`` / ``priority`` have their types, the
     options fit the constructor (names and types) -- one line naming ``hooks[i].<key>``."""
-    return check_entries(entries, HOOKS, key="hooks", reserved=ENTRY_KEYS)
+    return check_entries(entries, HOOKS, key="hooks")
 
 
 def build_hook(name: str, options: dict[str, Any], context: HookContext, key: str) -> HookBase | None:
@@ -382,6 +386,14 @@ def build_hooks(context: HookContext, entries: list[dict[str, Any]] | None = Non
     return hooks
 
 
+def hook_enabled(name: str, entries: list[Any] | None) -> bool:
+    """Whether the built-in ``name`` runs with the config's ``hooks`` entries (not switched off)."""
+    for entry in entries or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return bool(entry.get("enabled", True))
+    return name in DEFAULT_HOOKS
+
+
 __all__ = [
     "DEFAULT_HOOKS",
     "HOOKS",
@@ -393,4 +405,5 @@ __all__ = [
     "build_hook",
     "build_hooks",
     "check_hooks",
+    "hook_enabled",
 ]

@@ -4,7 +4,8 @@ A checkpoint stores the resolved config it was trained with. On ``--resume`` the
 is compared with it key by key (dotted keys, free-form option dicts included):
 
 - **free to change** (:data:`FREE_KEYS`): where results go and how the run is watched --
-  ``output_dir``, ``eval.*``, ``vis.*``, the ``hooks`` list, any period (``train.log_period``,
+  ``output_dir``, ``eval.*``, ``vis.*``, the ``hooks`` and ``plugins`` lists (the components a
+  run uses are named in their own keys, which are compared), any period (``train.log_period``,
   ``train.checkpoint_period``, a hook's ``period``), ``train.keep_last``, ``data.num_workers``
   (the batches do not depend on the worker count) and ``train.resume`` itself;
 - **changed with a warning** (:data:`LENGTH_KEYS`): ``train.max_iters`` / ``train.epochs``
@@ -22,7 +23,7 @@ from typing import Any
 
 from detmine.errors import ConfigError
 
-FREE_PREFIXES = ("output_dir", "eval.", "vis.", "hooks")
+FREE_PREFIXES = ("output_dir", "eval.", "vis.", "hooks", "plugins")
 FREE_KEYS = (
     "train.log_period",
     "train.checkpoint_period",
@@ -45,6 +46,10 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value == _MISSING) or value == [] or value == {}
 
 
 def _is_free(key: str) -> bool:
@@ -81,7 +86,7 @@ def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> ConfigChange
     changes = ConfigChanges()
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a == b or (a in (None, _MISSING) and b in (None, _MISSING)):  # null means the default, like unset
+        if a == b or (_unset(a) and _unset(b)):  # null / empty means the default, like unset
             continue
         if _is_free(key):
             changes.free[key] = (a, b)

@@ -91,8 +91,9 @@ class HookBase:
 class PeriodicHook(HookBase):
     """A hook that runs :meth:`run` after every ``period``-th iteration
     (:func:`detmine.periodic.is_due`, the one periodic rule) and, with ``at_end``, also after the
-    final iteration when that is not on the period (``period`` 0: only then). Subclasses
-    implement ``run(trainer)``; the period may change on resume (hooks are free keys)."""
+    final iteration when that is not on the period (``period`` 0: only then) -- or, when training
+    took no step at all (resumed at its end), once in ``after_train``. Subclasses implement
+    ``run(trainer)``; the period may change on resume (hooks are free keys)."""
 
     def __init__(self, period: int, *, at_end: bool = True) -> None:
         if isinstance(period, bool) or not isinstance(period, int) or period < 0:
@@ -108,6 +109,13 @@ class PeriodicHook(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         if self.due(trainer):
             self.run(trainer)
+            self._ran_at = trainer.iteration
+
+    def after_train(self, trainer: Trainer) -> None:
+        # a run resumed at its last iteration takes no step: the end-of-training run is here
+        if self.at_end and getattr(self, "_ran_at", None) != trainer.iteration:
+            self.run(trainer)
+            self._ran_at = trainer.iteration
 
     def run(self, trainer: Trainer) -> None:
         raise NotImplementedError
@@ -257,8 +265,8 @@ class Trainer:
         """
         self.model.train()
         self.events.iteration = self.iteration
-        self._call("before_train")
         try:
+            self._call("before_train")
             with self._stop_on_signals():
                 while self.iteration < self.max_iters:
                     images, targets = next(self.data)
@@ -271,11 +279,21 @@ class Trainer:
             self._call("after_train")
         finally:
             self.last_step = None
-            for hook in self.hooks:
-                close = getattr(hook, "close", None)
-                if callable(close):
-                    close()
+            self._close_hooks()
         return self.storage.get("eval")
+
+    def _close_hooks(self) -> None:
+        """Every hook's ``close`` (writers, progress bar, the run folder's lock), each even when
+        another one fails; a failure is a warning, so it never hides why training ended."""
+        for hook in self.hooks:
+            close = getattr(hook, "close", None)
+            if not callable(close):
+                continue
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 -- reported, then the next hook is closed
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log(f"warning: closing hook {type(hook).__name__} failed: {first}")
 
     def _call(self, stage: str) -> None:
         for hook in self.hooks:

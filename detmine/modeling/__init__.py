@@ -50,10 +50,11 @@ def build_model(name: str, num_classes: int, **options) -> DenseDetector:
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"model '{name}': num_classes must be a positive integer, got {num_classes!r}")
-    checked = MODELS.check(name, options, key="model.options", name_key="model.name")
-    try:
-        return MODELS[name](num_classes, **checked)
-    except (ValueError, TypeError) as exc:
+    try:  # a builder's OptionError names model.options.<option> (the table's construct)
+        return MODELS.build(
+            name, options, key="model.options", name_key="model.name", num_classes=num_classes
+        )
+    except (ValueError, TypeError) as exc:  # what a builder's parts raise without naming an option
         raise ConfigError(f"model '{name}': invalid options {options}: {exc}") from None
 
 

@@ -149,3 +149,62 @@ def test_hooks_entries_are_checked_at_load():
         load_config(None, ["train.max_iters=1", "hooks=[{name: logging, enabled: maybe}]"])
     with pytest.raises(ConfigError, match=r"'hooks\[0\]\.period' expects int or null, got 'x'"):
         load_config(None, ["train.max_iters=1", "hooks=[{name: logging, period: x}]"])
+
+
+def test_a_run_that_takes_no_step_still_runs_the_end_of_training_views():
+    class Runs(PeriodicHook):
+        def __init__(self):
+            super().__init__(5)
+            self.at = []
+
+        def run(self, trainer):
+            self.at.append(trainer.iteration)
+
+    class T:
+        max_iters = iteration = 10  # resumed at its end: after_train without an after_step
+
+    hook = Runs()
+    hook.after_train(T())
+    assert hook.at == [10]
+    stepped = Runs()
+    for T.iteration in (9, 10):
+        stepped.after_step(T())
+    stepped.after_train(T())
+    assert stepped.at == [10]  # ran once, in the last step, not again at the end
+
+
+def test_every_hook_is_closed_when_one_fails(fakes, tmp_path, capsys):
+    trainer = trainer_for(fakes, fakes.tiny_config(tmp_path, "train.max_iters=1"))
+    closed = []
+
+    class Fails(Counter):
+        def close(self):
+            raise OSError("disk gone")
+
+    class Records(Counter):
+        def close(self):
+            closed.append(True)
+
+    trainer.hooks[:0] = [Fails(), Records()]
+    lock = trainer.hooks[-1].lock  # the run folder's lock, the last hook to close
+    assert lock is not None and lock.held
+    trainer.train()
+    assert closed == [True] and not lock.held
+    assert "warning: closing hook Fails failed: disk gone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "hooks, expected",
+    [
+        (
+            "[{name: checkpoint, period: 2}, {name: checkpoint, period: 5}]",
+            r"'hooks\[1\]\.name' repeats 'checkpoint'",
+        ),
+        ("[{name: checkpoint, period: -5}]", r"hooks\[0\]\.period must be an integer >= 0"),
+        ("[{name: mining_vis, num_images: -1}]", r"hooks\[0\]\.num_images must be an integer >= 0"),
+        ("{name: logging}", r"config key 'hooks' expects a list"),
+    ],
+)
+def test_bad_hooks_entries_are_one_line(fakes, tmp_path, hooks, expected):
+    with pytest.raises(ConfigError, match=expected):
+        trainer_for(fakes, fakes.tiny_config(tmp_path, f"hooks={hooks}"))

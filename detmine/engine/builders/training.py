@@ -121,7 +121,10 @@ def build_trainer(
     )
     state, changes = run.open()
     run.check_length(state, max_iters)
-    finished = bool(dist.broadcast_object(run.finished(state, max_iters, evaluates=val_loader is not None)))
+    from detmine.engine.hooks import hook_enabled
+
+    evaluates = val_loader is not None and hook_enabled("evaluation", cfg.hooks)
+    finished = bool(dist.broadcast_object(run.finished(state, max_iters, evaluates=evaluates)))
     net, ema, optimizer, scheduler, scaler, amp_dtype = build_optimization(
         cfg, model, device, max_iters, steps
     )
