@@ -8,8 +8,8 @@ Runs a tiny detector's training step (forward, criterion, backward, SGD step) on
 synthetic batch -- data loading is not what is measured -- alternating step by step
 between two set-ups (so load from other processes hits both alike):
 
-- ``off``: ``MiningVisualizer(writer, period=0).maybe_log(...)`` every step (the trainer's
-  path with ``vis.period: 0``);
+- ``off``: ``MiningVisualizer(writer, period=0).maybe_log(...)`` every step (an upper bound of
+  the trainer's cost with ``vis.period: 0``, where no ``mining_vis`` hook is built at all);
 - ``on``: the same with ``period``, writing to a temporary TensorBoard folder;
 
 and times one ``log`` call on its own. Reports the mean step time of each, the measured

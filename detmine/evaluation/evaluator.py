@@ -216,10 +216,16 @@ class CocoEvaluator:
 
     def write_results(self, path: str | os.PathLike) -> Path:
         """Write :meth:`results_json` as a COCO results file; returns the path."""
+        from detmine.safe_io import atomic_write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(self.results_json(), f)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from detmine.safe_io import write_error
+
+            raise write_error(path.parent, exc, "results folder") from None
+        atomic_write_text(path, json.dumps(self.results_json()), what="COCO results")
         return path
 
     def summarize(self) -> EvalResult | None:
@@ -329,8 +335,8 @@ def evaluate(
         progress: show progress (a bar on a terminal, lines in a log file; main rank only).
         results_path: also write the COCO results JSON there (main rank, all ranks' detections).
         predict_options: post-processing keywords of ``predict`` (``score_thresh``,
-            ``topk_candidates``, ``nms_thresh``, ``detections_per_img``: the config's
-            ``eval.postprocess``); None = the model's defaults.
+            ``topk_candidates``, ``topk_per``, ``nms_thresh``, ``detections_per_img``: the
+            config's ``eval.postprocess``); None = the model's defaults.
 
     Returns:
         :class:`EvalResult` on the main rank, None on the others.
