@@ -7,6 +7,7 @@ them unconditionally.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Any
 
@@ -111,7 +112,11 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
 
 
 def cleanup() -> None:
+    """Destroy the process group. Objects that hold it (DDP's reducer, a trainer left in a
+    reference cycle) are collected first: destroyed at interpreter exit after the group, they
+    can abort the process (``terminate called without an active exception``)."""
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 

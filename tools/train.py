@@ -63,49 +63,56 @@ def run(args: argparse.Namespace) -> int:
     )  # before the heavy imports: config errors are instant
 
     from detmine import distributed as dist
-    from detmine.engine import builders
-    from detmine.engine.run_state import seed_everything
 
     start = time.perf_counter()
     dist.init_distributed()
     try:
-        if dist.is_main_process():
-            builders.prepare_data(cfg)
-        dist.barrier()
-        seed_everything(cfg.train.seed)
-        train_set, val_set = builders.build_datasets(cfg)
-        model = builders.build_model_from_config(
-            cfg, train_set.num_classes, trust_checkpoint=args.trust_checkpoint
-        )
-        criterion = builders.build_criterion_from_config(cfg, model)
-        trainer = builders.build_trainer(
-            cfg,
-            model,
-            criterion,
-            train_set,
-            val_set,
-            overwrite=args.overwrite,
-            allow_config_change=args.allow_config_change,
-            trust_checkpoint=args.trust_checkpoint,
-        )
-        try:
-            result = trainer.train()
-        except TrainingInterrupted as exc:
-            print(f"\n{exc}", file=sys.stderr)
-            return exc.exit_code
-        if trainer.storage.get("already_finished"):  # --resume of a finished run: said so, did nothing
-            return 0
-        if dist.is_main_process():
-            minutes = (time.perf_counter() - start) / 60
-            print(
-                f"\nfinished {trainer.iteration} iterations in {minutes:.1f} min; run folder: {cfg.output_dir}"
-            )
-            if result is not None:
-                print(result.table)
-                s = result.stats
-                print(f"AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  AP75 {s['AP75']:.4f}")
+        code = _train(cfg, args, start)
+        dist.barrier()  # no process tears the group down while another still uses it
+        return code
     finally:
-        dist.cleanup()
+        dist.cleanup()  # after _train returned: the trainer and its DDP wrapper are gone
+
+
+def _train(cfg, args: argparse.Namespace, start: float) -> int:
+    """Data, parts, the training loop and the closing summary; returns the exit code."""
+    from detmine import distributed as dist
+    from detmine.engine import builders
+    from detmine.engine.run_state import seed_everything
+
+    if dist.is_main_process():
+        builders.prepare_data(cfg)
+    dist.barrier()
+    seed_everything(cfg.train.seed)
+    train_set, val_set = builders.build_datasets(cfg)
+    model = builders.build_model_from_config(
+        cfg, train_set.num_classes, trust_checkpoint=args.trust_checkpoint
+    )
+    criterion = builders.build_criterion_from_config(cfg, model)
+    trainer = builders.build_trainer(
+        cfg,
+        model,
+        criterion,
+        train_set,
+        val_set,
+        overwrite=args.overwrite,
+        allow_config_change=args.allow_config_change,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return exc.exit_code
+    if trainer.storage.get("already_finished"):  # --resume of a finished run: said so, did nothing
+        return 0
+    if dist.is_main_process():
+        minutes = (time.perf_counter() - start) / 60
+        print(f"\nfinished {trainer.iteration} iterations in {minutes:.1f} min; run folder: {cfg.output_dir}")
+        if result is not None:
+            print(result.table)
+            s = result.stats
+            print(f"AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  AP75 {s['AP75']:.4f}")
     return 0
 
 

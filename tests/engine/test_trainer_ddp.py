@@ -47,37 +47,46 @@ class _OnRank1(torch.nn.Module):
         return self.inner.predict(*args, **kwargs)
 
 
-def _worker(rank: int, world: int, init_file: str, run_dir: str, what: str) -> None:
+def _train_one_rank(rank: int, run_dir: str, what: str) -> dict:
+    """Build and train on this rank; returns what the test compares. The trainer (and its DDP
+    reducer) is released when this returns, before the process group is destroyed."""
     from detmine.box_coder import BoxCoder
     from detmine.criterion import build_criterion
     from detmine.engine import builders
     from detmine.errors import TrainingInterrupted
 
+    fakes = _fakes()
+    torch.manual_seed(0)
+    cfg = fakes.tiny_config(Path(run_dir), "train.max_iters=6", "train.on_nonfinite=skip")
+    criterion = build_criterion("sigmoid", BoxCoder(), mining={"type": "all"})
+    model = _OnRank1(fakes.FakeDetector(dropout=0.0, batchnorm=False), at=3, what=what)
+    trainer = builders.build_trainer(
+        cfg, model, criterion, fakes.FakeDetectionDataset(), fakes.FakeDetectionDataset(6)
+    )
+    outcome = "finished"
+    try:
+        trainer.train()
+    except TrainingInterrupted:
+        outcome = "interrupted"
+    weights = {k: v.tolist() for k, v in trainer.model.module.state_dict().items()}
+    return {
+        "iteration": trainer.iteration,
+        "outcome": outcome,
+        "skipped": trainer.skipped_nonfinite,
+        "weights": weights,
+    }
+
+
+def _worker(rank: int, world: int, init_file: str, run_dir: str, what: str) -> None:
+    from detmine import distributed
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        fakes = _fakes()
-        torch.manual_seed(0)
-        cfg = fakes.tiny_config(Path(run_dir), "train.max_iters=6", "train.on_nonfinite=skip")
-        criterion = build_criterion("sigmoid", BoxCoder(), mining={"type": "all"})
-        model = _OnRank1(fakes.FakeDetector(dropout=0.0, batchnorm=False), at=3, what=what)
-        trainer = builders.build_trainer(
-            cfg, model, criterion, fakes.FakeDetectionDataset(), fakes.FakeDetectionDataset(6)
-        )
-        outcome = "finished"
-        try:
-            trainer.train()
-        except TrainingInterrupted:
-            outcome = "interrupted"
-        weights = {k: v.tolist() for k, v in trainer.model.module.state_dict().items()}
-        result = {
-            "iteration": trainer.iteration,
-            "outcome": outcome,
-            "skipped": trainer.skipped_nonfinite,
-            "weights": weights,
-        }
+        result = _train_one_rank(rank, run_dir, what)
         (Path(run_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
     finally:
-        dist.destroy_process_group()
+        distributed.cleanup()
 
 
 @pytest.mark.parametrize("what", ["signal", "nan"])
