@@ -296,6 +296,9 @@ class ComponentTable(MutableMapping[str, Any]):
         entries: the built-in entries.
         passed: constructor parameters the builder passes itself (``num_classes`` of a model),
             not options a user sets.
+        provided: facts the builder hands to an entry that declares a parameter of that name
+            (``facts``: the training set's counts, for a loss that needs them); an entry
+            without that parameter does not get it. Not options either.
         entry_keys: for a kind named in a list of entries (``hooks: [{name: ..., enabled: ...}]``),
             the keys of an entry that are not options (:func:`check_entries`).
     """
@@ -306,10 +309,12 @@ class ComponentTable(MutableMapping[str, Any]):
         entries: Mapping[str, Any] | None = None,
         *,
         passed: Sequence[str] = (),
+        provided: Sequence[str] = (),
         entry_keys: Sequence[str] = ("name",),
     ):
         self.kind = kind
-        self.passed = tuple(passed)
+        self.passed = (*passed, *provided)
+        self.provided = tuple(provided)
         self.entry_keys = tuple(entry_keys)
         self._entries: dict[str, Any] = dict(entries or {})
 
@@ -345,8 +350,13 @@ class ComponentTable(MutableMapping[str, Any]):
         return add
 
     def options(self, name: str) -> list[str]:
-        """The options entry ``name`` accepts (its keyword parameters, less ``passed``)."""
+        """The options entry ``name`` accepts (its keyword parameters, less ``passed`` and
+        ``provided``)."""
         return [o for o in component_options(self[name]) if o not in self.passed]
+
+    def declares(self, name: str, parameter: str) -> bool:
+        """Whether entry ``name`` takes ``parameter`` (e.g. a loss that asks for ``facts``)."""
+        return parameter in component_options(self[name])
 
     def get_entry_options(self, name: str, *, name_key: str) -> list[str]:
         """:meth:`options` of the entry, after a "did you mean" lookup naming ``name_key``."""
@@ -377,9 +387,11 @@ class ComponentTable(MutableMapping[str, Any]):
     ) -> Any:
         """:meth:`check`, then construct with ``passed`` (e.g. ``num_classes``) and the options;
         value errors the constructor raises (:class:`~detmine.errors.OptionError`) name
-        ``{key}.{option}``."""
+        ``{key}.{option}``. Of the table's ``provided`` facts in ``passed``, the entry gets
+        those it declares a parameter for."""
         checked = self.check(name, options, key=key, name_key=name_key or key)
-        return construct(self[name], checked, key, **passed)
+        given = {k: v for k, v in passed.items() if k not in self.provided or self.declares(name, k)}
+        return construct(self[name], checked, key, **given)
 
 
 def check_section(

@@ -8,7 +8,7 @@ Conventions (see docs/architecture.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -167,6 +167,31 @@ class HeadOutputs:
         """``[B, A]`` detached foreground score in ``[0, 1]``: softmax ``1 - p(background)``,
         sigmoid ``max_k p_k``."""
         return self.activation.foreground_scores(self.cls_logits)
+
+
+@runtime_checkable
+class TrainingSetFacts(Protocol):
+    """What a loss or miner may know about the training set, counted once from its annotations
+    (never by decoding images) and handed over by the builder to a component whose constructor
+    has a ``facts`` parameter. The implementation is :class:`detmine.analysis.DatasetFacts`
+    (lazy: each count is computed on first use, then kept).
+
+    - ``class_names``: the ``K`` class names, class ``k`` (1-based) is ``class_names[k - 1]``;
+    - ``instances_per_class()``: ``K`` object counts (ignore regions / crowd boxes excluded);
+    - ``images_per_class()``: ``K`` counts of the images holding at least one such object;
+    - ``anchor_label_counts()``: ``K + 1`` counts of the run's matcher over the training
+      annotations at the evaluation geometry: ``[0]`` background anchors, ``[k]`` anchors
+      matched to class ``k`` (ignored anchors not counted).
+    """
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def instances_per_class(self) -> list[int]: ...
+
+    def images_per_class(self) -> list[int]: ...
+
+    def anchor_label_counts(self) -> list[int]: ...
 
 
 def empty_boxes(device: torch.device | str | None = None) -> Tensor:

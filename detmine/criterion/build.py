@@ -14,7 +14,7 @@ from detmine.errors import ConfigError
 from detmine.losses import BOX_LOSSES, CLS_LOSSES
 from detmine.matching import build_matcher
 from detmine.mining import MINERS
-from detmine.structures import head_defaults
+from detmine.structures import TrainingSetFacts, head_defaults
 
 #: the parts ``build_criterion`` builds; the other ``Criterion`` keywords are ``loss.*`` settings.
 _PARTS = ("matcher", "box_coder", "miner", "cls_loss", "box_loss")
@@ -61,6 +61,7 @@ def build_criterion(
     matching: Mapping[str, Any] | None = None,
     loss: Mapping[str, Any] | None = None,
     mining: Mapping[str, Any] | None = None,
+    facts: TrainingSetFacts | None = None,
 ) -> Criterion:
     """Build a :class:`Criterion` for a head from the config sections. ``None`` / a missing key
     means its default; a component the section names nothing for is the head's default
@@ -81,6 +82,10 @@ def build_criterion(
             and ignored.
         mining: ``type`` (a :data:`~detmine.mining.MINERS` name) and ``{miner name:
             {options}}``, the same way (``"ohem": {"nms_iou": 0.5}``).
+        facts: the training set's counts (:class:`~detmine.structures.TrainingSetFacts`),
+            handed to a loss or miner whose constructor has a ``facts`` parameter (class
+            weights from frequencies, logit adjustment); None when not known (such a component
+            then says what it is missing).
 
     Raises:
         ConfigError: an unknown name or option (one line, "did you mean", the valid ones), a
@@ -97,14 +102,16 @@ def build_criterion(
     fits = getattr(CLS_LOSSES.get_entry(cls_name, name_key="loss.cls"), "activation", None)
     if fits != cls_activation:
         raise ConfigError(misfit_message(cls_name, fits, cls_activation))
-    cls_loss = CLS_LOSSES.build(cls_name, options.get(cls_name), key=f"loss.{cls_name}", name_key="loss.cls")
+    cls_loss = CLS_LOSSES.build(
+        cls_name, options.get(cls_name), key=f"loss.{cls_name}", name_key="loss.cls", facts=facts
+    )
     box_loss = BOX_LOSSES.build(box_name, options.get(box_name), key=f"loss.{box_name}", name_key="loss.box")
 
     mining = dict(mining or {})
     miner_type = mining.get("type") or defaults["mining"]
     options = check_mining_section(mining, cls_activation)
     miner = MINERS.build(
-        miner_type, options.get(miner_type), key=f"mining.{miner_type}", name_key="mining.type"
+        miner_type, options.get(miner_type), key=f"mining.{miner_type}", name_key="mining.type", facts=facts
     )
 
     return Criterion(

@@ -49,8 +49,10 @@ class Criterion(nn.Module):
         box_loss: ``box_loss(deltas [P, 4], matched_boxes [P, 4], anchors [P, 4], box_coder)
             -> scalar sum``, an entry of :data:`detmine.losses.BOX_LOSSES`.
         box_weight: multiplier of the box loss.
-        normalize_by: ``"positives"`` or ``"selected"``; None = the miner's ``normalize_by``
-            (``"positives"`` when it has none).
+        normalize_by: ``"positives"`` or ``"selected"``; None = the classification loss's
+            ``normalize_by`` attribute when it declares one (GHM-C: its own normalisation is
+            the paper's over the selected examples), else the miner's (``"positives"`` when
+            neither has one).
         normalizer: ``"batch"`` or ``"ema"``.
         normalizer_momentum: EMA momentum.
     """
@@ -70,7 +72,9 @@ class Criterion(nn.Module):
     ) -> None:
         super().__init__()
         if normalize_by is None:
-            normalize_by = getattr(miner, "normalize_by", "positives")
+            normalize_by = getattr(cls_loss, "normalize_by", None) or getattr(
+                miner, "normalize_by", "positives"
+            )
         if normalize_by not in NORMALIZE_BY:
             raise ConfigError(f"unknown loss.normalize_by {normalize_by!r}; valid: {', '.join(NORMALIZE_BY)}")
         box_source = getattr(miner, "box_source", None)
@@ -100,6 +104,31 @@ class Criterion(nn.Module):
         self.normalizer_momentum = float(normalizer_momentum)
         #: EMA of the classification normaliser's count (``normalizer="ema"``), checkpointed.
         self.register_buffer("count_ema", torch.tensor(100.0))
+
+    # A miner is a plain object, not a module: its state (a private random stream's position)
+    # rides in the criterion's state_dict as extra state, and train / eval reach it here.
+
+    def train(self, mode: bool = True) -> Criterion:
+        super().train(mode)
+        if callable(getattr(self.miner, "train", None)):
+            self.miner.train(mode)
+        return self
+
+    def get_extra_state(self) -> dict:
+        state = getattr(self.miner, "state_dict", None)
+        return {"miner": state() if callable(state) else {}}
+
+    def set_extra_state(self, state: dict) -> None:
+        load = getattr(self.miner, "load_state_dict", None)
+        if callable(load) and isinstance(state, dict) and state.get("miner"):
+            load(state["miner"])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """As :meth:`torch.nn.Module.load_state_dict`; a state from before miners had state (no
+        ``_extra_state``, detmine 0.2) loads, leaving the miner as built."""
+        if "_extra_state" not in state_dict:
+            state_dict = {**state_dict, "_extra_state": self.get_extra_state()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def extra_repr(self) -> str:
         parts = [f"matcher={self.matcher!r}", f"miner={self.miner!r}"]

@@ -33,6 +33,7 @@ from detmine.losses.functional import (
 CLS_LOSSES = ComponentTable(
     "classification loss",
     {"softmax_ce": SoftmaxCrossEntropy, "focal": FocalLoss, "balanced_ce": BalancedCrossEntropy},
+    provided=("facts",),
 )
 
 #: name -> box regression loss class (``loss.box``; options under ``loss.<name>``).

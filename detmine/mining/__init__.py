@@ -43,7 +43,9 @@ from detmine.mining.ssd import SSDMiner
 
 #: name -> miner class (``mining.type``; options under ``mining.<name>``).
 MINERS = ComponentTable(
-    "miner", {"all": AllAnchorsMiner, "ssd": SSDMiner, "ohem": OHEMMiner, "random": RandomMiner}
+    "miner",
+    {"all": AllAnchorsMiner, "ssd": SSDMiner, "ohem": OHEMMiner, "random": RandomMiner},
+    provided=("facts",),
 )
 
 

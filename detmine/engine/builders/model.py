@@ -100,9 +100,10 @@ def load_detector(
     return model.to(device).eval()
 
 
-def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
+def build_criterion_from_config(cfg: Config, model: nn.Module, facts: Any = None) -> nn.Module:
     """The criterion for ``model``'s head (activation, box coder) from the ``matching``,
-    ``loss`` and ``mining`` sections (unset components: the head's defaults)."""
+    ``loss`` and ``mining`` sections (unset components: the head's defaults). ``facts``: the
+    training set's counts (:func:`training_set_facts`) for a loss or miner that asks for them."""
 
     from detmine.criterion import build_criterion
 
@@ -112,6 +113,7 @@ def build_criterion_from_config(cfg: Config, model: nn.Module) -> nn.Module:
         matching=cfg.matching.matcher_options(),
         loss=cfg.loss.criterion_options(),
         mining=cfg.mining.criterion_options(),
+        facts=facts,
     )
 
 
