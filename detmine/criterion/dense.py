@@ -110,8 +110,9 @@ class Criterion(nn.Module):
 
     def train(self, mode: bool = True) -> Criterion:
         super().train(mode)
-        if callable(getattr(self.miner, "train", None)):
-            self.miner.train(mode)
+        set_mode = getattr(self.miner, "train", None)
+        if callable(set_mode):
+            set_mode(mode)
         return self
 
     def get_extra_state(self) -> dict:
