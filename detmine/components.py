@@ -517,6 +517,7 @@ def check_component(
     (living under ``{key}.{name}``); returns the coerced options. The functional form of
     :meth:`ComponentTable.check` for a plain mapping."""
     factory = lookup(table, name, f"{key}.{field}")
+    skip = (*skip, *getattr(table, "passed", ()))  # what the builder passes is no user option
     return check_options(factory, options, f"{key}.{name}", skip=skip)
 
 

@@ -36,7 +36,14 @@ def strict_builder(num_classes, *, width=8):
 def test_component_options_are_the_keyword_parameters():
     assert component_options(Widget) == ["size", "color", "depth"]  # no self
     assert component_options(builder) == ["num_classes", "width"]  # no *args / **kwargs
-    assert component_options(CLS_LOSSES["focal"]) == ["alpha", "gamma", "class_weights"]
+    assert component_options(CLS_LOSSES["focal"]) == [
+        "alpha",
+        "gamma",
+        "class_weights",
+        "class_weights_beta",
+        "facts",
+    ]
+    assert CLS_LOSSES.options("focal") == ["alpha", "gamma", "class_weights", "class_weights_beta"]
     assert component_options(BOX_LOSSES["smooth_l1"]) == ["beta"]
     assert component_options(MINERS["all"]) == []
     assert component_options(MINERS["ssd"]) == ["neg_pos_ratio", "min_negatives"]
@@ -77,13 +84,13 @@ def test_check_component_names_the_key_the_value_and_the_table():
         check_component(CLS_LOSSES, "focal", {"alpah": 1}, "loss")
     assert str(info.value) == (
         "unknown config key 'loss.focal.alpah' for FocalLoss; did you mean 'loss.focal.alpha'? "
-        "valid options: alpha, gamma, class_weights"
+        "valid options: alpha, gamma, class_weights, class_weights_beta"  # not 'facts': the builder's
     )
     with pytest.raises(ConfigError) as info:
         check_component(MINERS, "ohm", {}, "mining")
     assert (
         str(info.value)
-        == "config key 'mining.type' is 'ohm'; did you mean 'ohem'? valid: 'all', 'ssd', 'ohem', 'random'"
+        == "config key 'mining.type' is 'ohm'; did you mean 'ohem'? valid: 'all', 'ssd', 'ohem', 'random', 'soft', 'pool'"
     )
     with pytest.raises(ConfigError, match=r"^config key 'loss\.cls' is 'xyz'; valid: 'softmax_ce', 'focal'"):
         check_component(CLS_LOSSES, "xyz", {}, "loss", field="cls")
@@ -162,7 +169,10 @@ def test_build_criterion_uses_components_registered_from_outside(monkeypatch):
         match=r"'loss\.my_loss\.scael' for ScaledCrossEntropy; did you mean 'loss\.my_loss\.scale'",
     ):
         build_criterion("softmax", BoxCoder(), loss={"cls": "my_loss", "my_loss": {"scael": 2}})
-    with pytest.raises(ConfigError, match="does not fit a sigmoid head; valid: focal, balanced_ce$"):
+    with pytest.raises(
+        ConfigError,
+        match="does not fit a sigmoid head; valid: focal, balanced_ce, logit_adjusted_focal, asymmetric, ghm_c$",
+    ):
         build_criterion("sigmoid", BoxCoder(), loss={"cls": "my_loss"})
 
 

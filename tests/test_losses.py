@@ -251,6 +251,10 @@ def test_cls_loss_table_fits_each_loss_to_its_head_and_equals_the_functions():
         "softmax_ce": "softmax",
         "focal": "sigmoid",
         "balanced_ce": "sigmoid",
+        "logit_adjusted_ce": "softmax",
+        "logit_adjusted_focal": "sigmoid",
+        "asymmetric": "sigmoid",
+        "ghm_c": "sigmoid",
     }
     assert list(BOX_LOSSES) == ["smooth_l1", "l1", "giou"]
     gen = torch.Generator().manual_seed(8)

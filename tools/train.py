@@ -88,7 +88,8 @@ def _train(cfg, args: argparse.Namespace, start: float) -> int:
     model = builders.build_model_from_config(
         cfg, train_set.num_classes, trust_checkpoint=args.trust_checkpoint
     )
-    criterion = builders.build_criterion_from_config(cfg, model)
+    facts = builders.training_set_facts(cfg, model, train_set)
+    criterion = builders.build_criterion_from_config(cfg, model, facts)
     trainer = builders.build_trainer(
         cfg,
         model,

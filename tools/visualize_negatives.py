@@ -123,7 +123,8 @@ def _prepare(args: argparse.Namespace) -> _Job:
     model, dataset, _ = builders.detector_for_split(
         cfg, split, args.checkpoint, weights=args.weights, trusted=args.trust_checkpoint, device=device
     )
-    criterion = builders.build_criterion_from_config(cfg, model).to(device)
+    facts = builders.training_set_facts(cfg, model)  # the training split, built only if a loss asks
+    criterion = builders.build_criterion_from_config(cfg, model, facts).to(device)
     n_gallery = len(dataset) if args.gallery_images == 0 else min(args.gallery_images, len(dataset))
     n_total = max(min(args.num_images, len(dataset)), n_gallery)
     if n_total == 0:

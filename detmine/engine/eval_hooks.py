@@ -10,6 +10,8 @@ they never change what training does.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +29,10 @@ class EvaluationHook(PeriodicHook):
     """COCO evaluation (:func:`detmine.evaluation.evaluator.evaluate`) of the validation loader:
     stats and per-class AP as an ``eval`` record and ``eval/*`` TensorBoard items, the result in
     ``trainer.storage["eval"]``, and ``storage["new_best"]`` when AP improved (the checkpoint
-    hook then writes ``best.pth``)."""
+    hook then writes ``best.pth``). The evaluation after the final iteration also keeps its
+    detections in ``final_detections`` (``{"iteration", "image_ids", "detections"}``, COCO
+    results with the dataset's category ids), so the per-image analyses (the ablation tool's
+    bootstrap over images) need no second pass over the data."""
 
     name = "evaluation"
 
@@ -39,9 +44,11 @@ class EvaluationHook(PeriodicHook):
         period: int,
         backend: str,
         predict_options: dict[str, Any] | None = None,
+        final_detections: str | Path | None = None,
     ) -> None:
         super().__init__(period)
         self.loader, self.dataset = loader, dataset
+        self.final_detections = None if final_detections is None else Path(final_detections)
         self.backend = backend
         self.predict_options = dict(predict_options or {})
         self.best_metric: float | None = None
@@ -80,6 +87,16 @@ class EvaluationHook(PeriodicHook):
             from detmine.evaluation.report import log_evaluation
 
             log_evaluation(trainer.events, result, trainer.iteration)
+            if self.final_detections is not None and trainer.iteration >= trainer.max_iters:
+                self._write_detections(result, trainer.iteration)
+
+    def _write_detections(self, result: Any, iteration: int) -> None:
+        from detmine.safe_io import atomic_write_text
+
+        assert self.final_detections is not None
+
+        payload = {"iteration": iteration, "image_ids": result.image_ids, "detections": result.results}
+        atomic_write_text(self.final_detections, json.dumps(payload), what="final detections")
 
 
 class ValidationLossHook(PeriodicHook):

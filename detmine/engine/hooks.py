@@ -33,6 +33,7 @@ from detmine.components import ComponentTable, Entry, check_entries, construct
 from detmine.console import warn
 from detmine.engine.checkpoint import CheckpointManager, save_checkpoint
 from detmine.engine.events import ConsoleWriter, EventWriter, JSONLinesWriter, TensorBoardWriter
+from detmine.engine.run_folder import FINAL_DETECTIONS
 from detmine.engine.trainer import HookBase, PeriodicHook, Trainer
 from detmine.errors import DetmineError, OptionError
 from detmine.periodic import is_due
@@ -253,6 +254,7 @@ def evaluation_hook(context: HookContext, *, period: int | None = None) -> HookB
         period=_or(period, e.period),
         backend=e.backend,
         predict_options=e.postprocess.options(),
+        final_detections=context.path / FINAL_DETECTIONS,
     )
 
 

@@ -23,6 +23,10 @@ from detmine.errors import CheckpointError, ConfigError
 from detmine.run_lock import RunLock
 from detmine.safe_io import atomic_write_text, write_error
 
+#: the final evaluation's detections in a run folder (``EvaluationHook``; ``tools/ablate.py``
+#: bootstraps over their images).
+FINAL_DETECTIONS = "detections_final.json"
+
 
 class RunFolder:
     """``output_dir`` of one run: never two runs mixed in it.
@@ -72,6 +76,7 @@ class RunFolder:
             if dist.is_main_process():
                 self.checkpoints.clear()
                 self.metrics.unlink(missing_ok=True)
+                (self.path / FINAL_DETECTIONS).unlink(missing_ok=True)
                 for events in self.path.glob("events.out.tfevents.*"):
                     events.unlink()
             dist.barrier()

@@ -61,6 +61,7 @@ class EvalResult:
         per_class_voc_ap: class name -> VOC area-under-curve AP (empty without VOC metrics).
         results: the COCO result dicts scored (:meth:`CocoEvaluator.results_json`; set by
             :func:`evaluate`, so a caller can show the numbers before writing them).
+        image_ids: the ids of the images scored (with or without detections).
     """
 
     stats: dict[str, float]
@@ -70,6 +71,7 @@ class EvalResult:
     class_names: list[str]
     per_class_voc_ap: dict[str, float] = field(default_factory=dict)
     results: list[dict] = field(default_factory=list, repr=False)
+    image_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready metrics (NaN -> None); ``precision`` and ``table`` are left out."""
@@ -284,6 +286,7 @@ class CocoEvaluator:
             precision=precision,
             class_names=class_names,
             per_class_voc_ap=per_class_voc,
+            image_ids=list(image_ids),
         )
 
     @staticmethod

@@ -10,18 +10,23 @@ Two attributes on every miner tell the criterion what the miner needs:
 
 ``box_source``: ``None`` | ``"anchors"`` | ``"predictions"``
     Which boxes to pass as ``boxes``. ``None``: the miner takes no boxes (it
-    accepts and ignores them; ``all``, ``ssd``, ``random``). ``"anchors"``: the
-    anchors, expanded to ``[B, A, 4]``. ``"predictions"``: the decoded predicted
-    boxes, detached. ``ohem`` (NMS) sets it per instance from its ``nms_boxes``
+    accepts and ignores them; ``all``, ``ssd``, ``random``, ``soft``, ``pool``).
+    ``"anchors"``: the anchors, expanded to ``[B, A, 4]``. ``"predictions"``: the
+    decoded predicted boxes, detached. ``ohem`` (NMS) sets it per instance from its ``nms_boxes``
     option (default ``"anchors"``) and raises :class:`~detmine.errors.ConfigError`
     when given ``boxes=None``.
 ``normalize_by``: ``"positives"`` | ``"selected"``
     What the summed classification loss of the selected anchors is divided by:
-    the number of positive anchors (``all``, ``ssd``: the SSD and focal-loss
-    papers) or the number of selected anchors (``ohem``, ``random``: the
-    Fast R-CNN / OHEM average over the minibatch of selected examples). The
+    the number of positive anchors (``all``, ``ssd``, ``soft``, ``pool``: the SSD
+    and focal-loss papers) or the number of selected anchors (``ohem``, ``random``:
+    the Fast R-CNN / OHEM average over the minibatch of selected examples). The
     criterion applies it (at least 1, batch or EMA count, averaged under DDP);
     the miner only declares it.
+
+A miner that draws random numbers (``random``, ``soft``, ``pool``) takes them from a
+:class:`~detmine.mining.stream.RandomStream` (option ``seed``; ``None``: torch's global RNG):
+its ``state_dict`` / ``load_state_dict`` / ``train`` reach the stream, and the criterion
+saves that state in its own (a resumed run continues the stream).
 
 Build one with :func:`build_miner`; ``mining.type: ohem`` and ``build_miner("ohem")`` name
 the same class through :data:`MINERS`, and a miner's options are its constructor's keyword
@@ -37,14 +42,24 @@ from detmine.components import ComponentTable
 from detmine.mining._common import BOX_SOURCES, NORMALIZE_BY
 from detmine.mining.all_anchors import AllAnchorsMiner
 from detmine.mining.ohem import OHEMMiner
+from detmine.mining.pool import PoolMiner
 from detmine.mining.random_sampling import RandomMiner
 from detmine.mining.record import Miner, MiningRecord
+from detmine.mining.soft import SoftMiner
 from detmine.mining.ssd import SSDMiner
+from detmine.mining.stream import RandomStream
 
 #: name -> miner class (``mining.type``; options under ``mining.<name>``).
 MINERS = ComponentTable(
     "miner",
-    {"all": AllAnchorsMiner, "ssd": SSDMiner, "ohem": OHEMMiner, "random": RandomMiner},
+    {
+        "all": AllAnchorsMiner,
+        "ssd": SSDMiner,
+        "ohem": OHEMMiner,
+        "random": RandomMiner,
+        "soft": SoftMiner,
+        "pool": PoolMiner,
+    },
     provided=("facts",),
 )
 
@@ -67,7 +82,10 @@ __all__ = [
     "Miner",
     "MiningRecord",
     "OHEMMiner",
+    "PoolMiner",
     "RandomMiner",
+    "RandomStream",
     "SSDMiner",
+    "SoftMiner",
     "build_miner",
 ]

@@ -32,6 +32,13 @@ def check_count(option: str, value: int, minimum: int) -> int:
     return value
 
 
+def check_seed(option: str, value: int | None) -> int | None:
+    """``value`` as ``None`` or an integer, or an :class:`OptionError` naming ``option``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise OptionError(option, f"must be null or an integer, got {value!r}")
+    return value
+
+
 def check_fraction(
     option: str, value: float | None, *, low_open: bool, allow_none: bool = False
 ) -> float | None:

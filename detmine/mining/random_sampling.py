@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detmine.errors import OptionError
 from detmine.mining._common import check_count, check_fraction, check_miner_inputs
+from detmine.mining.stream import RandomStream, StreamMiner
 
 
-class RandomMiner:
+class RandomMiner(StreamMiner):
     """Per image ``batch_size_per_image`` anchors drawn at random, at most ``pos_fraction`` positives.
 
     Per image ``b`` with ``P_b`` positives and ``N_b`` negatives it keeps
@@ -31,11 +31,11 @@ class RandomMiner:
     Args:
         batch_size_per_image: anchors drawn per image (Faster R-CNN RPN: 256).
         pos_fraction: maximal share of positives (RPN: 0.5).
-        seed: seeds a private ``torch.Generator`` (one per device) so the draws
-            repeat; ``None`` (default) uses torch's global RNG, which
-            ``torch.manual_seed`` and a checkpoint's saved RNG state control -- the
-            choice for an exactly resumable run (a private stream restarts from
-            ``seed`` when training resumes).
+        seed: the draws come from a private :class:`~detmine.mining.stream.RandomStream`
+            seeded with it (different per DDP process, its position saved in the
+            criterion's state, so a resumed run continues it); ``None`` (default) uses
+            torch's global RNG, which ``torch.manual_seed`` and a checkpoint's saved RNG
+            state control.
     """
 
     box_source: str | None = None
@@ -46,24 +46,14 @@ class RandomMiner:
     ) -> None:
         check_count("batch_size_per_image", batch_size_per_image, 1)
         check_fraction("pos_fraction", pos_fraction, low_open=False)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise OptionError("seed", f"must be null or an integer, got {seed!r}")
         self.batch_size_per_image = batch_size_per_image
         self.pos_fraction = float(pos_fraction)
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[device]
+        self.stream = RandomStream(seed)
 
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None = None) -> Tensor:
         num_images, num_anchors = check_miner_inputs("random", cls_loss, labels, boxes)
         device = labels.device
-        keys = torch.rand((num_images, num_anchors), device=device, generator=self._generator(device))
+        keys = torch.rand((num_images, num_anchors), device=device, generator=self.stream.generator(device))
         positive = labels > 0
         negative = labels == 0
         max_pos = int(self.pos_fraction * self.batch_size_per_image)

@@ -172,9 +172,7 @@ class DenseDetector(nn.Module):
         input pixels of the padded batch, ``cls_activation`` and ``level_counts`` (anchors per
         pyramid level).
         """
-        features = self.backbone(self.normalize(images))
-        if self.neck is not None:
-            features = self.neck(features)
+        features = self._features(images)
         cls_logits, box_deltas = self.head(features)
         anchors, counts = self.anchor_generator(
             [f.shape[-2:] for f in features], images.shape[-2:], device=images.device, dtype=torch.float32
@@ -191,6 +189,36 @@ class DenseDetector(nn.Module):
             cls_activation=self.cls_activation,
             level_counts=tuple(counts),
         )
+
+    def feature_sizes(self, input_size: Sequence[int]) -> list[tuple[int, int]]:
+        """``(H_l, W_l)`` of each map the head sees for a padded input of ``input_size = (H, W)``,
+        computed without running the network: the backbone and neck are traced on shape-only
+        (fake) tensors; where that is not supported, one forward of a blank image instead."""
+        height, width = int(input_size[0]), int(input_size[1])
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+                maps = self._features(torch.empty(1, 3, height, width))
+                return [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
+        except Exception:  # noqa: BLE001 -- an op without a fake kernel: run it for real
+            with torch.no_grad():
+                param = next(self.parameters(), None)
+                device = param.device if param is not None else torch.device("cpu")
+                maps = self._features(torch.zeros(1, 3, height, width, device=device))
+                return [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
+
+    def _features(self, images: Tensor) -> list[Tensor]:
+        features = self.backbone(self.normalize(images))
+        return self.neck(features) if self.neck is not None else features
+
+    def anchors_for(self, input_size: Sequence[int]) -> Tensor:
+        """``anchors [A, 4]`` float32 xyxy (CPU) of a padded input of ``input_size = (H, W)``, as
+        :meth:`forward` makes them, without a forward pass (the data analysis and the anchor
+        counts of :mod:`detmine.analysis` use it)."""
+        size = (int(input_size[0]), int(input_size[1]))
+        anchors, _ = self.anchor_generator(self.feature_sizes(size), size, device="cpu")
+        return anchors
 
     @torch.no_grad()
     def predict(

@@ -143,7 +143,8 @@ def test_bad_nms_boxes_names_key_value_and_valid_ones(value):
 def test_degenerate_inputs(name, labels):
     loss = torch.rand(labels.shape, dtype=torch.float16)  # AMP losses too
     boxes = torch.tensor([0.0, 0.0, 10.0, 10.0]).expand(*labels.shape, 4)
-    selected = build_miner(name, min_negatives=1) if name == "ssd" else build_miner(name)
+    quota = name in ("ssd", "soft", "pool")  # SSD-like quotas keep no negative without a positive
+    selected = build_miner(name, min_negatives=1) if quota else build_miner(name)
     out = selected(loss, labels, boxes)
     assert out.shape == labels.shape and out.dtype == torch.bool
     assert torch.equal(out, labels >= 0)  # here every non-ignored anchor fits every miner's budget

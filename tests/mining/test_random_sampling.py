@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from detmine.mining import RandomMiner
+from detmine.mining.random_sampling import _random_subset
 
 
 def _labels(num_pos: list[int], num_neg: list[int], num_anchors: int = 500, seed: int = 0) -> torch.Tensor:
@@ -73,3 +74,57 @@ def test_draws_are_uniform_and_ignore_the_loss():
     assert counts.sum().item() == 4000
     assert counts.min().item() > 60 and counts.max().item() < 140
     assert abs(counts[:20].sum().item() - counts[20:].sum().item()) < 300
+
+
+def test_unseeded_selection_is_the_global_rngs_draw():
+    # seed=None draws one torch.rand key per anchor from the global RNG, as before the streams
+    labels = _labels([100, 20], [300, 300], seed=4)
+    torch.manual_seed(9)
+    selected = RandomMiner(batch_size_per_image=64, pos_fraction=0.25)(torch.rand(labels.shape), labels, None)
+    torch.manual_seed(9)
+    torch.rand(labels.shape)
+    keys = torch.rand(labels.shape)
+    num_pos = (labels > 0).sum(1, keepdim=True).clamp(max=16)
+    num_neg = torch.minimum((labels == 0).sum(1, keepdim=True), 64 - num_pos)
+    expected = _random_subset(keys, labels > 0, num_pos, 16) | _random_subset(keys, labels == 0, num_neg, 64)
+    assert torch.equal(selected, expected)
+    assert RandomMiner().state_dict() == {"seed": None, "draws": 0}
+
+
+def test_seeded_miner_resumes_from_its_state():
+    labels = _labels([100, 50], [300, 300], seed=5)
+    loss = torch.rand(labels.shape)
+    first = RandomMiner(batch_size_per_image=64, seed=7)
+    for _ in range(3):
+        first(loss, labels, None)
+    resumed = RandomMiner(batch_size_per_image=64, seed=7)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == {"seed": 7, "draws": 3}
+    assert torch.equal(resumed(loss, labels, None), first(loss, labels, None))
+    with pytest.raises(ValueError, match="seed 7 but this miner has seed 8"):
+        RandomMiner(seed=8).load_state_dict(first.state_dict())
+
+
+def test_evaluation_mode_does_not_move_the_stream():
+    labels = _labels([100, 50], [300, 300], seed=6)
+    loss = torch.rand(labels.shape)
+    plain, validated = (
+        RandomMiner(batch_size_per_image=64, seed=1),
+        RandomMiner(batch_size_per_image=64, seed=1),
+    )
+    validated.train(False)
+    validation = validated(loss, labels, None)
+    validated.train(True)
+    training = plain(loss, labels, None)
+    assert not torch.equal(validation, training)  # eval draws from its own derivation
+    assert torch.equal(validated(loss, labels, None), training)
+
+
+def test_ranks_draw_differently(monkeypatch):
+    labels = _labels([100, 50], [300, 300], seed=7)
+    loss = torch.rand(labels.shape)
+    selections = []
+    for rank in (0, 1):
+        monkeypatch.setattr("detmine.mining.stream.get_rank", lambda rank=rank: rank)
+        selections.append(RandomMiner(batch_size_per_image=64, seed=1)(loss, labels, None))
+    assert not torch.equal(*selections)

@@ -31,6 +31,7 @@ from detmine.engine.builders.model import (
     load_detector,
     load_model_weights,
     read_detector_weights,
+    training_set_facts,
 )
 from detmine.engine.builders.training import (
     build_hooks,
@@ -61,5 +62,6 @@ __all__ = [
     "prepare_data",
     "read_detector_weights",
     "schedule_length",
+    "training_set_facts",
     "voc_class_names",
 ]

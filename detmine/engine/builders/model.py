@@ -117,6 +117,38 @@ def build_criterion_from_config(cfg: Config, model: nn.Module, facts: Any = None
     )
 
 
+def training_set_facts(cfg: Config, model: Any, train_set: Any = None) -> Any:
+    """The training split's counts (:class:`detmine.analysis.DatasetFacts`) for a loss or miner
+    that asks for them: class counts from the annotations, and the run's matcher over the
+    model's anchors at the evaluation geometry. Lazy: nothing is counted unless asked for, and
+    without ``train_set`` the training split is built only then."""
+    from detmine.analysis import DatasetFacts, EvalGeometry, count_anchor_labels
+    from detmine.data.transforms import build_transforms
+    from detmine.engine.builders.data import eval_transform_options
+    from detmine.matching import build_matcher
+
+    def count_anchors(dataset: Any) -> Any:
+        options = {k: v for k, v in cfg.matching.matcher_options().items() if v is not None}
+        matcher = build_matcher(options.pop("preset", None), cls_activation=model.cls_activation, **options)
+        transform = build_transforms("eval", cfg.data.image_size, **eval_transform_options(cfg))
+        return count_anchor_labels(
+            dataset,
+            anchors_for=model.anchors_for,
+            matcher=matcher,
+            geometry=EvalGeometry(transform),
+            size_divisible=int(getattr(model, "size_divisible", 1)),
+            progress=dist.is_main_process(),
+        )
+
+    def build_train_split() -> Any:
+        from detmine.engine.builders.data import build_dataset_split
+
+        return build_dataset_split(cfg, cfg.data.train_split, True)
+
+    dataset = train_set if train_set is not None else build_train_split
+    return DatasetFacts(dataset, count_anchors if hasattr(model, "anchors_for") else None)
+
+
 def detector_for_split(
     cfg: Config,
     split: str,

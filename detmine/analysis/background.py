@@ -1,0 +1,98 @@
+"""False positives on background: detections that touch no annotated object.
+
+A detection is a background false positive when its IoU with every ground-truth box of its
+image (any class, crowd / ignore regions included) is below ``iou_thresh`` -- TIDE's
+background error (Bolya et al., ECCV 2020, background threshold 0.1) -- and its score is at
+least ``score_thresh``. The count per image says how often a detector fires on nothing; on
+background-only images every detection at that score is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackgroundFalsePositives:
+    """Background false positives of a set of detections.
+
+    Attributes:
+        per_image: background false positives per evaluated image.
+        on_empty_images: per background-only image (None when no image is background-only).
+        count: the background false positives in all.
+        num_images: the evaluated images.
+        num_empty_images: the background-only ones among them.
+        score_thresh, iou_thresh: the rule's settings.
+    """
+
+    per_image: float
+    on_empty_images: float | None
+    count: int
+    num_images: int
+    num_empty_images: int
+    score_thresh: float
+    iou_thresh: float
+
+
+def _iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU ``[N, M]`` of COCO ``xywh`` boxes ``a [N, 4]`` and ``b [M, 4]``."""
+    ax1, ay1 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx1, by1 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    w = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def background_false_positives(
+    gt: dict[str, Any],
+    detections: Iterable[dict[str, Any]],
+    *,
+    image_ids: Sequence[int] | None = None,
+    score_thresh: float = 0.5,
+    iou_thresh: float = 0.1,
+) -> BackgroundFalsePositives:
+    """Count background false positives (see the module docstring).
+
+    Args:
+        gt: COCO-format ground truth (``images``, ``annotations`` with ``bbox`` xywh).
+        detections: COCO results (``image_id``, ``bbox`` xywh, ``score``).
+        image_ids: the evaluated images (default: every image of ``gt``); detections on other
+            images are ignored.
+        score_thresh: detections below this score are not counted.
+        iou_thresh: below this IoU with every object a detection is on background.
+    """
+    ids = [int(i) for i in (image_ids if image_ids is not None else [img["id"] for img in gt["images"]])]
+    boxes: dict[int, list[list[float]]] = {i: [] for i in ids}
+    for ann in gt.get("annotations", []):
+        if int(ann["image_id"]) in boxes:
+            boxes[int(ann["image_id"])].append([float(v) for v in ann["bbox"]])
+    fired: dict[int, list[list[float]]] = {i: [] for i in ids}
+    for det in detections:
+        if float(det["score"]) >= score_thresh and int(det["image_id"]) in fired:
+            fired[int(det["image_id"])].append([float(v) for v in det["bbox"]])
+    count = on_empty = 0
+    for image_id in ids:
+        dets = np.asarray(fired[image_id], dtype=np.float64).reshape(-1, 4)
+        objects = np.asarray(boxes[image_id], dtype=np.float64).reshape(-1, 4)
+        if len(objects) == 0:
+            found = len(dets)
+            on_empty += found
+        else:
+            found = int((_iou_xywh(dets, objects).max(axis=1, initial=0.0) < iou_thresh).sum())
+        count += found
+    empty_images = sum(1 for i in ids if not boxes[i])
+    return BackgroundFalsePositives(
+        per_image=count / max(1, len(ids)),
+        on_empty_images=on_empty / empty_images if empty_images else None,
+        count=count,
+        num_images=len(ids),
+        num_empty_images=empty_images,
+        score_thresh=float(score_thresh),
+        iou_thresh=float(iou_thresh),
+    )
