@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from detmine.box_coder import BoxCoder
+from detmine.console import warn
 from detmine.criterion.checks import check_labels, check_outputs_finite, training_world
 from detmine.errors import ConfigError
 from detmine.losses import CLS_LOSSES
@@ -117,12 +118,25 @@ class Criterion(nn.Module):
 
     def get_extra_state(self) -> dict:
         state = getattr(self.miner, "state_dict", None)
-        return {"miner": state() if callable(state) else {}}
+        return {"miner": state() if callable(state) else {}, "miner_class": type(self.miner).__name__}
 
     def set_extra_state(self, state: dict) -> None:
+        """Restore the miner's state. A state of another miner class, or one the miner refuses
+        (another seed), can only come from a resume whose config change was allowed: the miner
+        then starts as built, with a warning."""
         load = getattr(self.miner, "load_state_dict", None)
-        if callable(load) and isinstance(state, dict) and state.get("miner"):
+        if not (callable(load) and isinstance(state, dict) and state.get("miner")):
+            return
+        saved_class = state.get("miner_class", type(self.miner).__name__)
+        if saved_class != type(self.miner).__name__:
+            warn(
+                f"the checkpoint's miner state is {saved_class}'s; {type(self.miner).__name__} starts afresh"
+            )
+            return
+        try:
             load(state["miner"])
+        except ValueError as exc:
+            warn(f"miner state not restored ({str(exc).splitlines()[0]}); it starts afresh")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """As :meth:`torch.nn.Module.load_state_dict`; a state from before miners had state (no

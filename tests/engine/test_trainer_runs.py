@@ -375,3 +375,13 @@ def test_validation_loss_is_logged_and_changes_nothing(tmp_path, synthetic_root)
         else:
             assert val == []
     assert_same_weights(finals[True], finals[False])
+
+
+def test_the_final_evaluation_keeps_its_detections(tmp_path, synthetic_root):
+    """What the ablation tool bootstraps over: the last evaluation's COCO results and images."""
+    cfg = tiny_config(tmp_path, synthetic_root, "data.num_workers=0", "train.max_iters=4", "eval.period=2")
+    result = build(cfg).train()
+    saved = json.loads((tmp_path / "detections_final.json").read_text())
+    assert saved["iteration"] == 4
+    assert saved["image_ids"] == result.image_ids and len(saved["image_ids"]) == 4
+    assert saved["detections"] == json.loads(json.dumps(result.results))

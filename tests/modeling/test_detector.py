@@ -431,3 +431,21 @@ def test_forward_equals_torchvision_with_the_same_weights(name, reference, num_c
         head = ref.head(features)
     torch.testing.assert_close(out.cls_logits, head["cls_logits"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.box_deltas, head["bbox_regression"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"),
+    [
+        ("retinanet_tiny_fpn", [(128, 128), (96, 160), (160, 96)]),
+        ("ssdlite_tiny", [(128, 128)]),
+        ("ssd300_vgg16", [(300, 300)]),
+    ],
+)
+def test_anchors_for_equals_the_forward_anchors(name, sizes):
+    from detmine.modeling import build_model
+
+    model = build_model(name, 3).eval()
+    for size in sizes:
+        with torch.no_grad():
+            expected = model(torch.zeros(1, 3, *size)).anchors
+        assert torch.equal(model.anchors_for(size), expected), (name, size)
