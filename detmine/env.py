@@ -148,11 +148,30 @@ def _torch_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere), with
+    family / model numbers where known: runs are deterministic on one CPU type only, so every
+    published figure names it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def collect_env_rows() -> list[tuple[str, str]]:
     """``(key, value)`` rows of the environment table, in display order."""
     rows = [
         ("Python", f"{platform.python_version()} ({platform.python_implementation()}) @ {sys.executable}"),
         ("Platform", platform.platform()),
+        ("CPU", cpu_model()),
         ("CPU count", str(os.cpu_count())),
         *_detmine_rows(),
         *_torch_rows(),
