@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from detmine.cli import add_common_arguments, run_tool
-from detmine.errors import ConfigError
+from detmine.errors import ConfigError, TrainingInterrupted
 
 TRAIN_TOOL = Path(__file__).resolve().with_name("train.py")
 
@@ -90,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from detmine.ablation.spec import load_ablation
     from detmine.console import log
 
+    for flag, value in (
+        ("--jobs", args.jobs),
+        ("--nproc-per-node", args.nproc_per_node),
+        ("--bootstrap-samples", args.bootstrap_samples),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     spec = load_ablation(args.ablation, output_dir=args.output_dir)
     spec.plugins += [p for p in args.plugin if p not in spec.plugins]
     configs = spec.check()  # every cell's config, before anything runs
@@ -97,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     counts = {
         state: sum(s.state == state for s in statuses) for state in (FINISHED, INTERRUPTED, NEW, MISMATCHED)
     }
-    log(
+    log(  # with --print-commands stdout holds the commands alone (a job array's input)
         f"ablate: {len(spec.strategies)} strategies x {len(spec.seeds)} seeds = {len(statuses)} cells in "
-        f"{spec.output_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        f"{spec.output_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+        error=args.print_commands,
     )
     for s in statuses:
         if s.state == MISMATCHED:
@@ -134,8 +142,19 @@ def run(args: argparse.Namespace) -> int:
         from detmine.engine.builders import prepare_data
 
         prepare_data(configs[remaining[0].cell])  # the synthetic set once, not by each cell at once
-        failed = run_locally(remaining, command, jobs=args.jobs)
+        try:
+            failed = run_locally(remaining, command, jobs=args.jobs)
+        except TrainingInterrupted as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            return exc.exit_code
         statuses = [cell_status(cell, cfg) for cell, cfg in configs.items()]
+        ran = {s.cell for s in remaining}
+        for s in statuses:
+            if s.cell in ran and s.state != FINISHED and s.cell.name not in failed:
+                failed.append(s.cell.name)
+                log(
+                    f"warning: {s.cell.name}: training ended but its folder holds no final evaluation ({s.state})"
+                )
     _write_table(args, spec, configs, statuses)
     if failed:
         log(f"ablate: {len(failed)} cells failed: {', '.join(failed)} (their logs: <cell>/train.log)")
