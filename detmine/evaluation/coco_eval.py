@@ -53,7 +53,10 @@ def prepare_gt(gt: dict) -> dict:
     }
 
 
-def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
+def pycocotools_eval(gt: dict, results: list[dict]) -> Any:
+    """pycocotools' ``COCOeval`` (bbox, default params) of ``results`` on ``gt``, not yet run;
+    its prints are silenced. ``loadRes`` annotates the result dicts in place: pass copies
+    where that matters."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -67,7 +70,13 @@ def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | N
             coco_dt = COCO()
             coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
             coco_dt.createIndex()
-        return _summarized(COCOeval(coco_gt, coco_dt, iouType="bbox"), image_ids)
+    return COCOeval(coco_gt, coco_dt, iouType="bbox")
+
+
+def _run_pycocotools(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
+    coco_eval = pycocotools_eval(gt, results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _summarized(coco_eval, image_ids)
 
 
 def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from detmine.errors import DataError
-from detmine.evaluation.coco_eval import prepare_gt
+from detmine.evaluation.coco_eval import prepare_gt, pycocotools_eval
 
 __all__ = ["AREA_LABELS", "ImageMatches", "image_matches"]
 
@@ -141,26 +141,13 @@ def image_matches(gt: dict, results: list[dict]) -> ImageMatches:
     Raises:
         DataError: a result names an image that is not in ``gt``.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     gt = prepare_gt(gt)
     known = {img["id"] for img in gt["images"]}
     unknown = {r["image_id"] for r in results} - known
     if unknown:
         raise DataError(f"COCO results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
-    results = [dict(r) for r in results]  # loadRes annotates the dicts in place
+    coco_eval = pycocotools_eval(gt, [dict(r) for r in results])  # copies: loadRes annotates them
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes indexes results[0]: build the empty result set ourselves
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
-            coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
         coco_eval.evaluate()
     return _from_eval_imgs(coco_eval)
 

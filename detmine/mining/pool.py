@@ -6,11 +6,10 @@ import torch
 from torch import Tensor
 
 from detmine.mining._common import check_count, check_miner_inputs
-from detmine.mining.ssd import SSDMiner
-from detmine.mining.stream import RandomStream, StreamMiner
+from detmine.mining.ssd import SSDQuotaMiner
 
 
-class PoolMiner(StreamMiner):
+class PoolMiner(SSDQuotaMiner):
     """Per image: every positive, plus the hardest negatives of a uniformly drawn pool.
 
     Per image ``b`` a pool of ``min(pool_size, N_b)`` negatives is drawn uniformly without
@@ -38,9 +37,6 @@ class PoolMiner(StreamMiner):
             (resumable, different per DDP process); ``None`` uses torch's global RNG.
     """
 
-    box_source: str | None = None
-    normalize_by: str = "positives"
-
     def __init__(
         self,
         *,
@@ -49,17 +45,8 @@ class PoolMiner(StreamMiner):
         pool_size: int = 1024,
         seed: int | None = None,
     ) -> None:
-        self.ssd = SSDMiner(neg_pos_ratio=neg_pos_ratio, min_negatives=min_negatives)
+        super().__init__(neg_pos_ratio=neg_pos_ratio, min_negatives=min_negatives, seed=seed)
         self.pool_size = check_count("pool_size", pool_size, 1)
-        self.stream = RandomStream(seed)
-
-    @property
-    def neg_pos_ratio(self) -> float:
-        return self.ssd.neg_pos_ratio
-
-    @property
-    def min_negatives(self) -> int:
-        return self.ssd.min_negatives
 
     def pool(self, labels: Tensor, generator: torch.Generator | None) -> Tensor:
         """``[B, A]`` bool: per image ``min(pool_size, N_b)`` negatives drawn uniformly

@@ -9,11 +9,10 @@ from torch import Tensor
 
 from detmine.errors import OptionError
 from detmine.mining._common import check_miner_inputs
-from detmine.mining.ssd import SSDMiner
-from detmine.mining.stream import RandomStream, StreamMiner
+from detmine.mining.ssd import SSDQuotaMiner
 
 
-class SoftMiner(StreamMiner):
+class SoftMiner(SSDQuotaMiner):
     """Per image: every positive, plus as many negatives as the ``ssd`` miner keeps, drawn
     without replacement with probability proportional to ``exp(loss / temperature)``.
 
@@ -48,9 +47,6 @@ class SoftMiner(StreamMiner):
             (resumable, different per DDP process); ``None`` uses torch's global RNG.
     """
 
-    box_source: str | None = None
-    normalize_by: str = "positives"
-
     def __init__(
         self,
         *,
@@ -59,7 +55,7 @@ class SoftMiner(StreamMiner):
         temperature: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        self.ssd = SSDMiner(neg_pos_ratio=neg_pos_ratio, min_negatives=min_negatives)
+        super().__init__(neg_pos_ratio=neg_pos_ratio, min_negatives=min_negatives, seed=seed)
         if (
             isinstance(temperature, bool)
             or not isinstance(temperature, (int, float))
@@ -68,15 +64,6 @@ class SoftMiner(StreamMiner):
         ):
             raise OptionError("temperature", f"must be a finite number >= 0, got {temperature!r}")
         self.temperature = float(temperature)
-        self.stream = RandomStream(seed)
-
-    @property
-    def neg_pos_ratio(self) -> float:
-        return self.ssd.neg_pos_ratio
-
-    @property
-    def min_negatives(self) -> int:
-        return self.ssd.min_negatives
 
     def __call__(self, cls_loss: Tensor, labels: Tensor, boxes: Tensor | None = None) -> Tensor:
         num_images, num_anchors = check_miner_inputs("soft", cls_loss, labels, boxes)

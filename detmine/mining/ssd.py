@@ -12,6 +12,7 @@ from torch import Tensor
 
 from detmine.errors import OptionError
 from detmine.mining._common import check_count, check_miner_inputs
+from detmine.mining.stream import RandomStream, StreamMiner
 
 
 class SSDMiner:
@@ -108,3 +109,24 @@ class SSDMiner:
 
     def __repr__(self) -> str:
         return f"SSDMiner(neg_pos_ratio={self.neg_pos_ratio}, min_negatives={self.min_negatives})"
+
+
+class SSDQuotaMiner(StreamMiner):
+    """Base of the miners that keep the ``ssd`` miner's quota of negatives per image but choose
+    them another way (``soft``, ``pool``): ``self.ssd`` holds the quota options (``neg_pos_ratio``,
+    ``min_negatives``), ``self.stream`` the private random stream (``seed``)."""
+
+    box_source: str | None = None
+    normalize_by: str = "positives"
+
+    def __init__(self, *, neg_pos_ratio: float, min_negatives: int, seed: int | None) -> None:
+        self.ssd = SSDMiner(neg_pos_ratio=neg_pos_ratio, min_negatives=min_negatives)
+        self.stream = RandomStream(seed)
+
+    @property
+    def neg_pos_ratio(self) -> float:
+        return self.ssd.neg_pos_ratio
+
+    @property
+    def min_negatives(self) -> int:
+        return self.ssd.min_negatives
