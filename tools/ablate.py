@@ -78,17 +78,8 @@ def _slurm_options(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detmine.ablation.cells import (
-        FINISHED,
-        INTERRUPTED,
-        MISMATCHED,
-        NEW,
-        cell_status,
-        shell_line,
-        train_command,
-    )
+    from detmine.ablation.cells import FINISHED, INTERRUPTED, NEW, cell_status, shell_line, train_command
     from detmine.ablation.spec import load_ablation
-    from detmine.console import log
 
     for flag, value in (
         ("--jobs", args.jobs),
@@ -101,19 +92,7 @@ def run(args: argparse.Namespace) -> int:
     spec.plugins += [p for p in args.plugin if p not in spec.plugins]
     configs = spec.check()  # every cell's config, before anything runs
     statuses = [cell_status(cell, cfg) for cell, cfg in configs.items()]
-    counts = {
-        state: sum(s.state == state for s in statuses) for state in (FINISHED, INTERRUPTED, NEW, MISMATCHED)
-    }
-    log(  # with --print-commands stdout holds the commands alone (a job array's input)
-        f"ablate: {len(spec.strategies)} strategies x {len(spec.seeds)} seeds = {len(statuses)} cells in "
-        f"{spec.output_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
-        error=args.print_commands,
-    )
-    for s in statuses:
-        if s.state == MISMATCHED:
-            log(
-                f"warning: {s.cell.name}: its run folder was trained with another config ({s.detail}); not reused"
-            )
+    _say_states(spec, statuses, to_stderr=args.print_commands)
     remaining = [s for s in statuses if s.state in (NEW, INTERRUPTED)]
 
     def command(status: Any) -> list[str]:
@@ -126,40 +105,75 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     if not args.collect and remaining:
         if args.launcher == "submitit":
-            from detmine.ablation.launch import submit_with_submitit
-
-            ids = submit_with_submitit(
-                remaining,
-                command,
-                folder=spec.output_dir / "submitit",
-                options=_slurm_options(args.slurm),
-            )
-            log(
-                f"ablate: submitted {len(ids)} cells ({', '.join(ids)}); build the table with --collect later"
-            )
-            return 0
-        from detmine.ablation.launch import run_locally
-        from detmine.engine.builders import prepare_data
-
-        prepare_data(configs[remaining[0].cell])  # the synthetic set once, not by each cell at once
+            return _submit(args, spec, remaining, command)
         try:
-            failed = run_locally(remaining, command, jobs=args.jobs)
+            failed = _run_here(args, configs, remaining, command)
         except TrainingInterrupted as exc:
             print(f"\n{exc}", file=sys.stderr)
             return exc.exit_code
         statuses = [cell_status(cell, cfg) for cell, cfg in configs.items()]
-        ran = {s.cell for s in remaining}
-        for s in statuses:
-            if s.cell in ran and s.state != FINISHED and s.cell.name not in failed:
-                failed.append(s.cell.name)
-                log(
-                    f"warning: {s.cell.name}: training ended but its folder holds no final evaluation ({s.state})"
-                )
+        failed += _unfinished(statuses, remaining, failed, FINISHED)
     _write_table(args, spec, configs, statuses)
     if failed:
+        from detmine.console import log
+
         log(f"ablate: {len(failed)} cells failed: {', '.join(failed)} (their logs: <cell>/train.log)")
         return 1
     return 0
+
+
+def _say_states(spec: Any, statuses: list, *, to_stderr: bool) -> None:
+    """One line counting the cells by state (on stderr with --print-commands, whose stdout holds
+    the commands alone: a job array's input), and a warning per mismatched cell."""
+    from detmine.ablation.cells import FINISHED, INTERRUPTED, MISMATCHED, NEW
+    from detmine.console import log
+
+    counts = {
+        state: sum(s.state == state for s in statuses) for state in (FINISHED, INTERRUPTED, NEW, MISMATCHED)
+    }
+    log(
+        f"ablate: {len(spec.strategies)} strategies x {len(spec.seeds)} seeds = {len(statuses)} cells in "
+        f"{spec.output_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+        error=to_stderr,
+    )
+    for s in statuses:
+        if s.state == MISMATCHED:
+            log(
+                f"warning: {s.cell.name}: its run folder was trained with another config ({s.detail}); not reused"
+            )
+
+
+def _submit(args: argparse.Namespace, spec: Any, remaining: list, command: Any) -> int:
+    from detmine.ablation.launch import submit_with_submitit
+    from detmine.console import log
+
+    folder = spec.output_dir / "submitit"
+    ids = submit_with_submitit(remaining, command, folder=folder, options=_slurm_options(args.slurm))
+    log(f"ablate: submitted {len(ids)} cells ({', '.join(ids)}); build the table with --collect later")
+    return 0
+
+
+def _run_here(args: argparse.Namespace, configs: dict, remaining: list, command: Any) -> list[str]:
+    from detmine.ablation.launch import run_locally
+    from detmine.engine.builders import prepare_data
+
+    prepare_data(configs[remaining[0].cell])  # the synthetic set once, not by each cell at once
+    return run_locally(remaining, command, jobs=args.jobs)
+
+
+def _unfinished(statuses: list, remaining: list, failed: list[str], finished: str) -> list[str]:
+    """The cells that ran, exited 0 and still hold no final evaluation (each said once)."""
+    from detmine.console import log
+
+    ran = {s.cell for s in remaining}
+    out = []
+    for s in statuses:
+        if s.cell in ran and s.state != finished and s.cell.name not in failed:
+            out.append(s.cell.name)
+            log(
+                f"warning: {s.cell.name}: training ended but its folder holds no final evaluation ({s.state})"
+            )
+    return out
 
 
 def _write_table(args: argparse.Namespace, spec: Any, configs: dict, statuses: list) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from detmine.ablation.results import COCO_COLUMNS, CellResult
+from detmine.ablation.spec import override_items
 
 #: (column, heading, higher is better, as a percentage)
 COLUMNS: tuple[tuple[str, str, bool, bool], ...] = (
@@ -172,8 +173,7 @@ def markdown_table(summaries: Sequence[StrategySummary], baseline: str, header: 
                 + " |"
             )
     overrides = [
-        f"- `{s.name}`: {', '.join(f'{k}={v}' for k, v in s.overrides.items()) or '(the recipe)'}"
-        for s in summaries
+        f"- `{s.name}`: {' '.join(override_items(s.overrides)) or '(the recipe)'}" for s in summaries
     ]
     return "\n".join([*lines, "", "Strategies:", "", *overrides, ""])
 
