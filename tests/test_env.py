@@ -17,7 +17,7 @@ from detmine import env
 REPO = Path(__file__).resolve().parents[1]
 
 KEYS = [
-    "Python", "Platform", "CPU count", "detmine", "detmine git commit", "torch", "torch threads",
+    "Python", "Platform", "CPU", "CPU count", "detmine", "detmine git commit", "torch", "torch threads",
     "torch built with CUDA", "cuDNN", "CUDA available", "torchvision", "numpy", "albumentations", "OpenCV",
     "pycocotools", "faster-coco-eval", "tensorboard", "safetensors", "PyYAML", "tqdm",
 ]  # fmt: skip

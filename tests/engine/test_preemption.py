@@ -48,8 +48,8 @@ SCRIPT = textwrap.dedent(
     hold_at, hold_s, marker = {hold_at}, {hold_s}, {marker!r}
     build = builders.build_criterion_from_config
 
-    def holding(cfg, model):
-        criterion = build(cfg, model)
+    def holding(cfg, model, *rest):
+        criterion = build(cfg, model, *rest)
         forward, calls = criterion.forward, [0]
 
         def counting_forward(*args, **kwargs):

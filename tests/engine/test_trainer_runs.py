@@ -104,8 +104,8 @@ SCRIPT = textwrap.dedent(
     send_at, signum = {send_at}, {signum}
     build = builders.build_criterion_from_config
 
-    def with_signal(cfg, model):
-        criterion = build(cfg, model)
+    def with_signal(cfg, model, *rest):
+        criterion = build(cfg, model, *rest)
         forward, calls = criterion.forward, [0]
 
         def counting_forward(*args, **kwargs):
