@@ -56,6 +56,7 @@ def background_false_positives(
     image_ids: Sequence[int] | None = None,
     score_thresh: float = 0.5,
     iou_thresh: float = 0.1,
+    category_thresholds: dict[int, float] | None = None,
 ) -> BackgroundFalsePositives:
     """Count background false positives (see the module docstring).
 
@@ -66,6 +67,8 @@ def background_false_positives(
             images are ignored.
         score_thresh: detections below this score are not counted.
         iou_thresh: below this IoU with every object a detection is on background.
+        category_thresholds: per category id, the score a detection of that category must reach
+            instead of ``score_thresh`` (the per-class operating thresholds).
     """
     ids = [int(i) for i in (image_ids if image_ids is not None else [img["id"] for img in gt["images"]])]
     boxes: dict[int, list[list[float]]] = {i: [] for i in ids}
@@ -74,7 +77,10 @@ def background_false_positives(
             boxes[int(ann["image_id"])].append([float(v) for v in ann["bbox"]])
     fired: dict[int, list[list[float]]] = {i: [] for i in ids}
     for det in detections:
-        if float(det["score"]) >= score_thresh and int(det["image_id"]) in fired:
+        threshold = score_thresh
+        if category_thresholds is not None:
+            threshold = category_thresholds.get(int(det["category_id"]), score_thresh)
+        if float(det["score"]) >= threshold and int(det["image_id"]) in fired:
             fired[int(det["image_id"])].append([float(v) for v in det["bbox"]])
     count = on_empty = 0
     for image_id in ids:

@@ -209,6 +209,10 @@ class PostprocessConfig:
     #: the ``topk_candidates`` are taken per image and pyramid ``level`` over all (anchor,
     #: class) pairs (RetinaNet), or per image and ``class`` over all anchors (SSD).
     topk_per: Literal["level", "class"] = "level"
+    #: per-class operating thresholds applied after NMS: ``K`` scores (class ``k`` at
+    #: ``k - 1``), or the path of a ``thresholds.json`` the ``thresholds`` evaluation view wrote
+    #: next to a checkpoint; null = none (only ``score_thresh``).
+    class_thresholds: list[float] | str | None = None
 
     def options(self) -> dict[str, Any]:
         """Keyword options of ``DenseDetector.predict``."""
@@ -222,12 +226,17 @@ class EvalConfig:
     #: evaluate every ``period`` iterations (0: only at the end).
     period: int = 0
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
-    backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
+    backend: Literal["faster_coco_eval", "pycocotools", "hotcoco"] = "faster_coco_eval"
     batch_size: int = 16
     #: evaluate on the first ``max_images`` images of the split (0: all).
     max_images: int = 0
     #: with each evaluation, the validation loss (the criterion on the val split, no_grad).
     val_loss: bool = True
+    #: the analysis views run after each evaluation, on top of the built-in ones (``errors``,
+    #: ``frequency``, ``confusion``, ``thresholds``): ``[{name: <EVAL_VIEWS entry>, <option>:
+    #: value}]``; an entry naming a built-in view changes its options, ``enabled: false``
+    #: switches it off (see ``detmine.evaluation.views``).
+    views: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -38,6 +38,14 @@ def _sizes(sizes: SizesArg, batch: int, default: tuple[int, int], device: torch.
     return out
 
 
+def _per_class(thresholds: Sequence[float], num_classes: int, device: torch.device) -> Tensor:
+    """``thresholds`` as a float32 ``[K]`` tensor, or a ``ValueError`` when there are not ``K``."""
+    values = torch.as_tensor(list(thresholds), dtype=torch.float32, device=device)
+    if values.shape != (num_classes,):
+        raise ValueError(f"class_thresholds needs {num_classes} values (one per class), got {len(values)}")
+    return values
+
+
 def _topk_per_level(scores: Tensor, level_counts: Sequence[int], k: int) -> tuple[Tensor, Tensor, Tensor]:
     """RetinaNet's candidates: per image and level, the ``k`` best (anchor, class) pairs.
 
@@ -232,6 +240,7 @@ class DenseDetector(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         topk_per: str = "level",
+        class_thresholds: Sequence[float] | None = None,
     ) -> list[Detections]:
         """Forward + :meth:`postprocess` without gradients. See :meth:`postprocess` for the arguments."""
         outputs = self(images)
@@ -245,6 +254,7 @@ class DenseDetector(nn.Module):
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
             topk_per=topk_per,
+            class_thresholds=class_thresholds,
         )
 
     @torch.no_grad()
@@ -261,6 +271,7 @@ class DenseDetector(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         topk_per: str = "level",
+        class_thresholds: Sequence[float] | None = None,
     ) -> list[Detections]:
         """Decode, threshold, pre-NMS top-k, batched NMS, map boxes to the original images.
 
@@ -286,6 +297,10 @@ class DenseDetector(nn.Module):
                 that do not add up to ``A`` mean all anchors as one level (top-k over the image).
                 Unused by ``topk_per="class"``.
             topk_per: ``"level"`` or ``"class"``; anything else is a ``ValueError``.
+            class_thresholds: per-class operating thresholds (``K`` scores, class ``k`` at
+                ``k - 1``; the ``thresholds`` evaluation view chooses them): after NMS a
+                detection of class ``k`` is kept only when its score reaches its class's
+                threshold (before the ``detections_per_img`` cut). None: ``score_thresh`` only.
 
         Returns:
             One ``Detections`` per image: ``boxes [D, 4]`` float32 xyxy in original pixels,
@@ -319,6 +334,10 @@ class DenseDetector(nn.Module):
         image_of, cand = (top_scores > score_thresh).nonzero(as_tuple=True)
         boxes, top_scores, labels = boxes[image_of, cand], top_scores[image_of, cand], labels[image_of, cand]
         keep = batched_nms(boxes, top_scores, image_of * (num_classes + 1) + labels, nms_thresh)
+        if class_thresholds is not None:
+            keep = keep[
+                top_scores[keep] >= _per_class(class_thresholds, num_classes, device)[labels[keep] - 1]
+            ]
         results: list[Detections] = []
         kept_image = image_of[keep]
         for b in range(batch):

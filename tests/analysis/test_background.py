@@ -45,3 +45,12 @@ def test_the_iou_threshold_is_the_rule():
     detections = [det(1, [5, 0, 10, 10])]  # IoU 1/3 with the object
     assert background_false_positives(GT, detections, iou_thresh=0.3).count == 0
     assert background_false_positives(GT, detections, iou_thresh=0.4).count == 1
+
+
+def test_per_category_thresholds_replace_the_score():
+    detections = [
+        det(3, [0, 0, 5, 5], score=0.6, category_id=1),
+        det(3, [1, 1, 5, 5], score=0.6, category_id=2),
+    ]
+    assert background_false_positives(GT, detections).count == 2
+    assert background_false_positives(GT, detections, category_thresholds={1: 0.7, 2: 0.5}).count == 1
