@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from detmine.config import load_config
 
     # evaluation builds the data and the model only: the loss / mining / hooks sections are not checked
-    cfg = load_config(args.config, args.overrides, plugins=args.plugin, sections=("data", "model"))
+    cfg = load_config(args.config, args.overrides, plugins=args.plugin, sections=("data", "model", "eval"))
     dist.init_distributed()
     try:
         return _evaluate_checkpoint(args, cfg)
@@ -64,6 +64,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     from detmine import distributed as dist
     from detmine.engine import builders
     from detmine.evaluation.evaluator import evaluate
+    from detmine.evaluation.thresholds import predict_options
+    from detmine.evaluation.views import build_views
     from detmine.safe_io import check_writable
 
     split = args.split or cfg.data.val_split
@@ -82,6 +84,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     )
     loader = builders.build_val_loader(cfg, dataset, model)
     gather = dist.all_gather_object if dist.get_world_size() > 1 else None
+    views = build_views(cfg.eval.views)
     result = evaluate(
         model,
         loader,
@@ -91,7 +94,9 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
         gather_fn=gather,
         progress=not args.no_progress,
         metrics=metrics,
-        predict_options=cfg.eval.postprocess.options(),
+        predict_options=predict_options(cfg.eval.postprocess.options()),
+        views=views,
+        train_counts=_train_counts(cfg, views),
     )
     if result is None:  # not rank 0
         return 0
@@ -110,17 +115,33 @@ def _evaluate_checkpoint(args: argparse.Namespace, cfg: Any) -> int:
     _write(metrics_path, json.dumps(record, indent=2), "metrics file")
     print(f"results: {out}")
     print(f"metrics: {metrics_path}")
+    for name, view in result.views.items():  # thresholds.json, the confusion matrix ...
+        for file_name, content in view.files.items():
+            _write(out.parent / file_name, content, f"{name} view file")
+            print(f"{name}: {out.parent / file_name}")
     return 0
 
 
-def _write(path: Path, text: str, what: str) -> None:
-    """Write ``text`` to ``path`` atomically; a failure is one line that says the table above
+def _train_counts(cfg: Any, views: list) -> Any:
+    """The training split's class counts (from its annotations; no image is decoded) when the
+    ``frequency`` view runs, else None."""
+    if not any(name == "frequency" for name, _ in views):
+        return None
+    from detmine.analysis import count_classes
+    from detmine.engine import builders
+
+    return count_classes(builders.build_dataset_split(cfg, cfg.data.train_split, True))
+
+
+def _write(path: Path, content: str | bytes, what: str) -> None:
+    """Write ``content`` to ``path`` atomically; a failure is one line that says the table above
     is complete."""
     from detmine.errors import CheckpointError
-    from detmine.safe_io import atomic_write_text
+    from detmine.safe_io import atomic_write_bytes
 
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        atomic_write_text(path, text, what=what, where="--out")
+        atomic_write_bytes(path, data, what=what, where="--out")
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; the evaluation above is complete") from None
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detmine.ablation.results import COCO_COLUMNS, CellResult
+from detmine.ablation.results import BUCKET_COLUMNS, COCO_COLUMNS, CellResult
 from detmine.ablation.spec import override_items
 
 #: (column, heading, higher is better, as a percentage)
 COLUMNS: tuple[tuple[str, str, bool, bool], ...] = (
     *((c, c, True, True) for c in COCO_COLUMNS),
+    *((c, c.replace("_", " "), True, True) for c in BUCKET_COLUMNS),
     ("background_fp", "bg FP / img", False, False),
     ("train_seconds", "train s", False, False),
     ("images_per_s", "img/s", True, False),
@@ -52,7 +53,7 @@ class StrategySummary:
 
 
 def _value(result: CellResult, column: str) -> float:
-    if column in COCO_COLUMNS:
+    if column in COCO_COLUMNS or column in BUCKET_COLUMNS:
         return result.stats.get(column, math.nan)
     return float(getattr(result, column))
 

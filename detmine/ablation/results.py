@@ -23,8 +23,10 @@ from detmine.config import Config
 from detmine.engine.run_folder import FINAL_DETECTIONS
 from detmine.errors import DataError
 
-#: the COCO numbers a table shows per strategy (the first six of COCOeval's summary).
+#: the COCO numbers a table shows per strategy (the first six of COCOeval's summary), then AP by
+#: class-frequency bucket of the training split (the ``frequency`` evaluation view).
 COCO_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BUCKET_COLUMNS = ("AP_rare", "AP_common", "AP_frequent")
 
 
 @dataclass
@@ -32,7 +34,8 @@ class CellResult:
     """A finished cell's numbers.
 
     Attributes:
-        stats: ``COCO_COLUMNS`` of the final evaluation (0..1; -1 where a range has no object).
+        stats: ``COCO_COLUMNS`` and ``BUCKET_COLUMNS`` of the final evaluation (0..1; NaN where
+            a range or bucket has no object).
         per_class_ap: class name -> AP (None for a class without objects in the split).
         train_seconds: training time (the logged windows; evaluation not included).
         images_per_s: training images per second over those windows.
@@ -136,7 +139,10 @@ def read_cell(status: CellStatus, cfg: Config, ground_truth: GroundTruth) -> Cel
         strategy=status.cell.strategy,
         seed=status.cell.seed,
         path=path,
-        stats={k: _metric(record[k]) for k in COCO_COLUMNS if k in record},
+        stats={
+            **{k: _metric(record[k]) for k in COCO_COLUMNS if k in record},
+            **{k: _metric(record[f"frequency/{k}"]) for k in BUCKET_COLUMNS if f"frequency/{k}" in record},
+        },
         per_class_ap={k[3:]: _metric(v) for k, v in record.items() if k.startswith("AP/")},
         train_seconds=seconds,
         images_per_s=rate,

@@ -61,7 +61,7 @@ def _component_names(cls: type) -> list[str]:
 
 #: the sections whose components are checked against their tables at load (all by default; a
 #: tool that only builds the model passes fewer, e.g. evaluation does not read ``loss``).
-COMPONENT_SECTIONS = ("data", "model", "matching", "loss", "mining", "hooks")
+COMPONENT_SECTIONS = ("data", "model", "matching", "loss", "mining", "hooks", "eval")
 
 #: the component tables (and signatures) a config names entries of, as ``module:attribute``:
 #: resolved when a config is checked, so the config layer imports no package above it and a
@@ -75,6 +75,7 @@ TABLES = {
     "matcher": "detmine.matching:MATCHER_PRESETS",
     "head_defaults": "detmine.structures:HEAD_DEFAULTS",
     "hook": "detmine.engine.hooks:HOOKS",
+    "eval_view": "detmine.evaluation.views:EVAL_VIEWS",
 }
 
 
@@ -92,7 +93,7 @@ def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONEN
     the options against the constructor's signature and their types -- once, at load, before
     any data is read: ``data.train_transform`` / ``transform_options`` / ``loader_options`` /
     ``eval_transform_options``, ``model.name`` / ``options``, ``matching.preset`` and its
-    options, the ``loss`` and ``mining`` sections, the ``hooks`` list. Coerced options are
+    options, the ``loss`` and ``mining`` sections, the ``hooks`` and ``eval.views`` lists. Coerced options are
     written back (``[1, 2]`` for a tuple option)."""
     from detmine.components import check_entries, check_names, check_options, check_section
 
@@ -123,6 +124,8 @@ def validate_components(cfg: Config, sections: typing.Collection[str] = COMPONEN
             check_section(section_options(section), key=name, fields=fields, tables=_tables(type(section)))
     if "hooks" in sections and cfg.hooks:
         check_entries(cfg.hooks, _table("hook"), key="hooks")
+    if "eval" in sections and cfg.eval.views:
+        check_entries(cfg.eval.views, _table("eval_view"), key="eval.views")
 
 
 def _check_matching(cfg: Config) -> None:

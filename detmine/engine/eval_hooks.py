@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from detmine import distributed as dist
 from detmine.engine.run_state import preserved_rng
 from detmine.engine.trainer import PeriodicHook, Trainer, targets_to, unwrap
+from detmine.evaluation.views import views_scalars
 
 
 def _eval_model(trainer: Trainer) -> torch.nn.Module:
@@ -45,10 +47,15 @@ class EvaluationHook(PeriodicHook):
         backend: str,
         predict_options: dict[str, Any] | None = None,
         final_detections: str | Path | None = None,
+        views: Sequence[tuple[str, Any]] = (),
+        train_counts: Any = None,
+        files_to: str | Path | None = None,
     ) -> None:
         super().__init__(period)
         self.loader, self.dataset = loader, dataset
         self.final_detections = None if final_detections is None else Path(final_detections)
+        self.views, self.train_counts = list(views), train_counts
+        self.files_to = None if files_to is None else Path(files_to)
         self.backend = backend
         self.predict_options = dict(predict_options or {})
         self.best_metric: float | None = None
@@ -73,6 +80,8 @@ class EvaluationHook(PeriodicHook):
                 device=trainer.device,
                 gather_fn=gather,
                 progress=trainer.is_main,
+                views=self.views,
+                train_counts=self.train_counts,
             )
         trainer.model.train()
         ap = dist.broadcast_object(float(result.stats["AP"]) if result is not None else None)
@@ -82,13 +91,28 @@ class EvaluationHook(PeriodicHook):
         if trainer.is_main and result is not None:
             trainer.storage["eval"] = result
             per_class = {f"AP/{name}": float(v) for name, v in result.per_class_ap.items()}
-            trainer.events.put_record("eval", {**result.stats, **per_class})
+            trainer.events.put_record("eval", {**result.stats, **per_class, **views_scalars(result.views)})
             trainer.events.put_scalars("eval", dict(result.stats))
+            self._log_views(trainer, result.views)
             from detmine.evaluation.report import log_evaluation
 
             log_evaluation(trainer.events, result, trainer.iteration)
             if self.final_detections is not None and trainer.iteration >= trainer.max_iters:
                 self._write_detections(result, trainer.iteration)
+
+    def _log_views(self, trainer: Trainer, outputs: dict[str, Any]) -> None:
+        """The views' scalars and pictures to TensorBoard; their files into the run folder
+        (each evaluation replaces the previous one's, atomically)."""
+        from detmine.safe_io import atomic_write_bytes
+
+        for name, out in outputs.items():
+            trainer.events.put_scalars(f"eval/{name}", out.scalars)
+            for image_name, image in out.images.items():
+                trainer.events.put_image(f"eval/{name}/{image_name}", image)
+            if self.files_to is not None:
+                for file_name, content in out.files.items():
+                    data = content.encode("utf-8") if isinstance(content, str) else content
+                    atomic_write_bytes(self.files_to / file_name, data, what=f"{name} view file")
 
     def _write_detections(self, result: Any, iteration: int) -> None:
         from detmine.safe_io import atomic_write_text

@@ -220,7 +220,8 @@ class MiningVisHook(PeriodicHook):
 class HookContext:
     """What the builders hand a hook factory that declares a ``context`` parameter: the
     resolved ``cfg``, the run folder's ``checkpoints`` (and ``path``), the validation loader and
-    set (None without a validation split), the class names and the checkpoint's ``extra``."""
+    set (None without a validation split), the class names, the checkpoint's ``extra`` and the
+    training split (its annotations: class counts for the evaluation views)."""
 
     cfg: Any
     path: Path
@@ -229,6 +230,7 @@ class HookContext:
     val_set: Any = None
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    train_set: Any = None
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -242,19 +244,27 @@ def logging_hook(context: HookContext, *, period: int | None = None) -> LoggingH
 
 
 def evaluation_hook(context: HookContext, *, period: int | None = None) -> HookBase | None:
-    """COCO evaluation of the validation split every ``eval.period`` iterations and at the end."""
+    """COCO evaluation of the validation split every ``eval.period`` iterations and at the end,
+    with the analysis views of ``eval.views`` (their files go into the run folder)."""
     if context.val_loader is None:
         return None
+    from detmine.analysis import count_classes
     from detmine.engine.eval_hooks import EvaluationHook
+    from detmine.evaluation.thresholds import predict_options
+    from detmine.evaluation.views import build_views
 
     e = context.cfg.eval
+    records = getattr(context.train_set, "records", None)
     return EvaluationHook(
         context.val_loader,
         context.val_set,
         period=_or(period, e.period),
         backend=e.backend,
-        predict_options=e.postprocess.options(),
+        predict_options=predict_options(e.postprocess.options()),
         final_detections=context.path / FINAL_DETECTIONS,
+        views=build_views(e.views),
+        train_counts=count_classes(context.train_set) if records is not None else None,
+        files_to=context.path,
     )
 
 

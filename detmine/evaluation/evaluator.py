@@ -62,6 +62,8 @@ class EvalResult:
         results: the COCO result dicts scored (:meth:`CocoEvaluator.results_json`; set by
             :func:`evaluate`, so a caller can show the numbers before writing them).
         image_ids: the ids of the images scored (with or without detections).
+        views: the analysis views' outputs by name (:mod:`detmine.evaluation.views`); their
+            tables are part of ``table``.
     """
 
     stats: dict[str, float]
@@ -72,6 +74,7 @@ class EvalResult:
     per_class_voc_ap: dict[str, float] = field(default_factory=dict)
     results: list[dict] = field(default_factory=list, repr=False)
     image_ids: list[int] = field(default_factory=list, repr=False)
+    views: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready metrics (NaN -> None); ``precision`` and ``table`` are left out."""
@@ -79,10 +82,12 @@ class EvalResult:
         def clean(values: dict[str, float]) -> dict[str, float | None]:
             return {k: (None if math.isnan(v) else float(v)) for k, v in values.items()}
 
+        views = {name: clean(dict(out.scalars)) for name, out in self.views.items() if out.scalars}
         return {
             "stats": clean(self.stats),
             "per_class_ap": clean(self.per_class_ap),
             "per_class_voc_ap": clean(self.per_class_voc_ap),
+            **({"views": views} if views else {}),
         }
 
 
@@ -143,7 +148,14 @@ class CocoEvaluator:
             cat: names[cat_to_contiguous[cat] - 1] if cat in cat_to_contiguous else gt_names[cat]
             for cat in gt_names
         }
+        #: the ``K`` class names and their category ids, class ``k`` (1-based) at ``k - 1``.
+        self.class_names = names
+        self.category_ids = [self._contiguous_to_cat[k] for k in range(1, len(names) + 1)]
         self.reset()
+
+    def ground_truth(self) -> dict[str, Any]:
+        """The COCO ground truth scored against (``prepare_gt``'d: annotation ids 1..N)."""
+        return self._gt
 
     def reset(self) -> None:
         """Forget all processed detections."""
@@ -324,6 +336,8 @@ def evaluate(
     is_main: bool | None = None,
     results_path: str | os.PathLike | None = None,
     predict_options: dict[str, Any] | None = None,
+    views: Sequence[tuple[str, Any]] = (),
+    train_counts: Any = None,
 ) -> EvalResult | None:
     """Predict over ``loader`` and score the detections with :class:`CocoEvaluator`.
 
@@ -339,7 +353,12 @@ def evaluate(
         results_path: also write the COCO results JSON there (main rank, all ranks' detections).
         predict_options: post-processing keywords of ``predict`` (``score_thresh``,
             ``topk_candidates``, ``topk_per``, ``nms_thresh``, ``detections_per_img``: the
-            config's ``eval.postprocess``); None = the model's defaults.
+            config's ``eval.postprocess``, ``class_thresholds`` read); None = the model's
+            defaults.
+        views: ``(name, view)`` analysis views (:func:`detmine.evaluation.views.build_views`)
+            run on the main rank after the metrics; their tables join ``result.table``.
+        train_counts: the training split's :class:`~detmine.analysis.ClassCounts` (the
+            ``frequency`` view's buckets).
 
     Returns:
         :class:`EvalResult` on the main rank, None on the others.
@@ -369,6 +388,42 @@ def evaluate(
     result = evaluator.summarize()
     if result is not None:
         result.results = evaluator.results_json()
+        if views:
+            _run_views(result, evaluator, views, train_counts, predict_options)
     if result is not None and results_path is not None:
         evaluator.write_results(results_path)
     return result
+
+
+def _run_views(
+    result: EvalResult,
+    evaluator: CocoEvaluator,
+    views: Sequence[tuple[str, Any]],
+    train_counts: Any,
+    predict_options: dict[str, Any] | None,
+) -> None:
+    """Run the analysis views on the scored images; their outputs go into ``result.views``
+    and their tables after the COCO table."""
+    from detmine.evaluation.views import ViewInput, run_views, views_table
+
+    keep = set(result.image_ids)
+    gt = evaluator.ground_truth()
+    gt = {
+        **gt,
+        "images": [img for img in gt["images"] if int(img["id"]) in keep],
+        "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in keep],
+    }
+    view_input = ViewInput(
+        gt=gt,
+        detections=result.results,
+        image_ids=list(result.image_ids),
+        class_names=list(evaluator.class_names),
+        category_ids=list(evaluator.category_ids),
+        result=result,
+        train_counts=train_counts,
+        class_thresholds=(predict_options or {}).get("class_thresholds"),
+    )
+    result.views = run_views(views, view_input)
+    extra = views_table(result.views)
+    if extra:
+        result.table = f"{result.table}\n\n{extra}"

@@ -160,9 +160,15 @@ class ConfusionView:
             class_thresholds=view.class_thresholds,
         )
         picture = confusion_picture(matrix, view.class_names)
+        import cv2
+
+        png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes()
         return ViewOutput(
             images={"matrix": picture},
-            files={"confusion_matrix.csv": confusion_csv(matrix, view.class_names)},
+            files={
+                "confusion_matrix.csv": confusion_csv(matrix, view.class_names),
+                "confusion_matrix.png": png,
+            },
         )
 
 

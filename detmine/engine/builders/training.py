@@ -70,7 +70,9 @@ def build_optimization(cfg: Config, model: nn.Module, device: torch.device, max_
 # ----------------------------------------------------------------------------- the trainer
 
 
-def build_hooks(cfg: Config, run: RunFolder, val_loader: Any, val_set: Any, class_names: Any) -> list[Any]:
+def build_hooks(
+    cfg: Config, run: RunFolder, val_loader: Any, val_set: Any, class_names: Any, train_set: Any = None
+) -> list[Any]:
     """The run's hooks from :data:`~detmine.engine.hooks.HOOKS`: the built-in defaults with the
     config's ``hooks`` entries applied, in priority order (see :mod:`detmine.engine.hooks`)."""
     from detmine.engine.hooks import HookContext
@@ -85,6 +87,7 @@ def build_hooks(cfg: Config, run: RunFolder, val_loader: Any, val_set: Any, clas
         val_set=val_set,
         class_names=class_names,
         extra=extra,
+        train_set=train_set,
     )
     return hooks_from_table(context, cfg.hooks)
 
@@ -135,7 +138,7 @@ def build_trainer(
         scheduler=scheduler,
         data_loader=train_loader,
         hooks=[
-            *([] if finished else build_hooks(cfg, run, val_loader, val_set, class_names)),
+            *([] if finished else build_hooks(cfg, run, val_loader, val_set, class_names, train_set)),
             RunLockHook(run.lock),
         ],
         max_iters=max_iters,
