@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint with the COCO protocol (and VOC mAP on VOC data).
 
-    python tools/evaluate.py CONFIG CHECKPOINT [--split val] [--backend faster_coco_eval|pycocotools]
+    python tools/evaluate.py CONFIG CHECKPOINT [--split val] [--backend hotcoco|faster_coco_eval|pycocotools]
                              [--weights auto|ema|model] [--out results.json] [key=value ...]
 
 Prints the COCO table and the per-class AP, then writes the COCO results JSON (original
@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=None,
-        choices=("faster_coco_eval", "pycocotools"),
-        help="COCO evaluation backend (default: eval.backend of the config); both give identical numbers",
+        choices=("hotcoco", "faster_coco_eval", "pycocotools"),
+        help="COCO evaluation backend (default: eval.backend of the config); all give identical numbers",
     )
     parser.add_argument(
         "--metrics", default=None, help="comma-separated subset of coco,voc (default: voc added on VOC data)"

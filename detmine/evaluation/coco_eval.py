@@ -1,9 +1,10 @@
-"""The COCO bbox protocol with a choice of backend: faster-coco-eval or pycocotools.
+"""The COCO bbox protocol with a choice of backend: faster-coco-eval, pycocotools or hotcoco.
 
-Both backends get the same prepared ground truth and a private copy of the results (they
-annotate their input), and give the same numbers (to ~1e-15: pycocotools adds an epsilon to
-the precision denominator); faster-coco-eval does the per-image matching and accumulation in
-C++, ~10x faster.
+All backends get the same prepared ground truth and the same results (a private copy where
+the backend annotates its input) through the same calls (:func:`_summarized`: their APIs are
+pycocotools'), and give the same numbers (to ~1e-15: pycocotools adds an epsilon to the
+precision denominator). faster-coco-eval does the per-image matching and accumulation in C++,
+~10x faster than pycocotools; hotcoco in Rust (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from detmine.evaluation.coco_table import COCO_STAT_NAMES
 
 __all__ = ["BACKENDS", "coco_bbox_eval", "prepare_gt"]
 
-BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
+BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools", "hotcoco")
 
 
 def prepare_gt(gt: dict) -> dict:
@@ -98,9 +99,21 @@ def _run_faster_coco_eval(gt: dict, results: list[dict], image_ids: Sequence[int
     return _summarized(COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet), image_ids)
 
 
+def _run_hotcoco(gt: dict, results: list[dict], image_ids: Sequence[int] | None) -> Any:
+    from hotcoco import COCO, COCOeval
+
+    coco_gt = COCO()
+    coco_gt.dataset = gt  # indexes on assignment; load_res copies, never annotates, the results
+    # COCO scores the ground truth's categories only; hotcoco would warn on stderr about others.
+    categories = {int(c["id"]) for c in gt["categories"]}
+    coco_dt = coco_gt.load_res([r for r in results if int(r["category_id"]) in categories])
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _summarized(COCOeval(coco_gt, coco_dt, "bbox"), image_ids)
+
+
 def _summarized(coco_eval: Any, image_ids: Sequence[int] | None) -> Any:
-    """Either backend's evaluator, restricted to ``image_ids`` when given, evaluated,
-    accumulated and summarised (the same calls for both: their APIs are the same)."""
+    """Any backend's evaluator, restricted to ``image_ids`` when given, evaluated,
+    accumulated and summarised (the same calls for all: their APIs are the same)."""
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(image_ids)
     coco_eval.evaluate()
@@ -118,7 +131,7 @@ def coco_bbox_eval(
         gt: COCO ground-truth dict (passed through :func:`prepare_gt`).
         results: COCO result dicts ``{"image_id", "category_id", "bbox" xywh, "score"}``; not
             modified.
-        backend: "faster_coco_eval" or "pycocotools".
+        backend: "faster_coco_eval", "pycocotools" or "hotcoco".
         image_ids: restrict the evaluation to these images (default: all GT images).
 
     Returns:
@@ -134,7 +147,11 @@ def coco_bbox_eval(
         raise DataError(f"COCO results name image ids {sorted(unknown)[:5]} that are not in the ground truth")
     if backend == "pycocotools":
         results = [dict(r) for r in results]  # its loadRes annotates the dicts in place
-    runner = _run_faster_coco_eval if backend == "faster_coco_eval" else _run_pycocotools
+    runner = {
+        "faster_coco_eval": _run_faster_coco_eval,
+        "pycocotools": _run_pycocotools,
+        "hotcoco": _run_hotcoco,
+    }[backend]
     coco_eval = runner(gt, results, image_ids)
     stats = np.asarray(coco_eval.stats[: len(COCO_STAT_NAMES)], dtype=np.float64)
     precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)

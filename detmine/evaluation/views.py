@@ -163,7 +163,16 @@ class ConfusionView:
         import cv2
 
         png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes()
+        k = len(view.class_names)
+        classes = matrix[:k, :k]
+        scalars = {  # counts over the evaluated images
+            "correct": float(np.trace(classes)),
+            "confused": float(classes.sum() - np.trace(classes)),
+            "on_background": float(matrix[k, :k].sum()),
+            "missed": float(matrix[:k, k].sum()),
+        }
         return ViewOutput(
+            scalars=scalars,
             images={"matrix": picture},
             files={
                 "confusion_matrix.csv": confusion_csv(matrix, view.class_names),

@@ -18,7 +18,8 @@ from detmine.errors import ConfigError, DataError
 from detmine.evaluation.coco_table import COCO_STAT_NAMES
 from detmine.evaluation.evaluator import CocoEvaluator, EvalResult, coco_bbox_eval, evaluate
 
-BACKENDS = ("faster_coco_eval", "pycocotools")
+BACKENDS = ("hotcoco", "faster_coco_eval", "pycocotools")  # also tools/evaluate.py's --backend choices
+TOOL_BACKENDS = BACKENDS
 CAT_IDS = (1, 3, 7)  # non-contiguous on purpose: contiguous 1, 2, 3
 NAMES = ("cat", "dog", "bird")
 SMALL, MEDIUM, LARGE = [10.0, 10.0, 20.0, 20.0], [60.0, 20.0, 50.0, 50.0], [20.0, 70.0, 120.0, 120.0]
@@ -240,6 +241,97 @@ def test_backends_agree_with_each_other_and_pycocotools():
     np.testing.assert_allclose(fast.precision, ref_precision, atol=1e-12)
     np.testing.assert_allclose(slow.precision, ref_precision, atol=1e-12)
     assert 0.1 < fast.stats["AP"] < 0.9  # a real mix of hits, misses and false positives
+    hot, _ = _run(dataset, per_image, "hotcoco")  # through the evaluator: bit for bit
+    assert hot.stats == slow.stats and hot.per_class_ap == slow.per_class_ap
+    np.testing.assert_array_equal(hot.precision, slow.precision)
+
+
+def _results(per_image: dict[int, list]) -> list[dict]:
+    """COCO results of ``(xywh box, score, contiguous label)`` per image."""
+    return [
+        {"image_id": i, "category_id": CAT_IDS[label - 1], "bbox": box, "score": score}
+        for i, items in per_image.items()
+        for box, score, label in items
+    ]
+
+
+def _many_detections_fixture() -> tuple[FakeDataset, dict[int, list]]:
+    """Image 1: 15 cats among 120 detections (jittered hits, duplicates, background), so that
+    maxDets 1 / 10 / 100 all cut; image 2: a handful."""
+    rng = np.random.default_rng(3)
+    gt, per_image = [], {1: [], 2: []}
+    for _ in range(15):
+        w, h = (float(v) for v in rng.uniform(10, 60, 2))
+        box = [float(rng.uniform(0, 200 - w)), float(rng.uniform(0, 200 - h)), w, h]
+        gt.append((1, CAT_IDS[0], box, 0))
+        for _ in range(3):  # hits and duplicates at various IoUs
+            jittered = np.add(box, rng.normal(0, 0.1, 4) * [w, h, w, h]).tolist()
+            per_image[1].append((jittered, float(rng.random()), 1))
+    while len(per_image[1]) < 120:
+        per_image[1].append(([*rng.uniform(0, 150, 2), *rng.uniform(5, 50, 2)], float(rng.random()), 1))
+    gt.append((2, CAT_IDS[1], MEDIUM, 0))
+    per_image[2] = [(MEDIUM, 0.3, 2), (LARGE, 0.9, 2), (SMALL, 0.5, 1)]
+    return FakeDataset(gt, num_images=2), per_image
+
+
+def _every_fixture() -> dict[str, tuple[dict, list[dict], list[int] | None]]:
+    """Every ground truth / results pair of this file: ``name -> (gt, results, image_ids)``."""
+    far = [150.0, 150.0, 40.0, 40.0]
+    crowd_box = [100.0, 100.0, 60.0, 60.0]
+    crowd_gt = FakeDataset([(1, 1, SMALL, 0), (1, 1, crowd_box, 1)], num_images=1)._gt
+    fixtures = {
+        "perfect, three sizes, an empty image": (FakeDataset(_gt_three_sizes())._gt, _results(_perfect()), None),
+        "half wrong class": (
+            FakeDataset([(1, 1, SMALL, 0), (1, 3, MEDIUM, 0), (2, 3, LARGE, 0), (2, 7, SMALL, 0)], 2)._gt,
+            _results({1: [(SMALL, 0.9, 1), (MEDIUM, 0.5, 2), (far, 0.95, 2)],
+                      2: [(LARGE, 0.4, 2), (far, 0.97, 2), (SMALL, 0.6, 3)]}),
+            None,
+        ),
+        "interleaved hits": (
+            FakeDataset([(1, 3, MEDIUM, 0), (2, 3, LARGE, 0)], num_images=2)._gt,
+            _results({1: [(MEDIUM, 0.9, 2), (far, 0.8, 2)], 2: [(LARGE, 0.7, 2), (far, 0.6, 2)]}),
+            None,
+        ),
+        "crowd hit": (crowd_gt, _results({1: [(SMALL, 0.5, 1), (crowd_box, 0.9, 1)]}), None),
+        "crowd missed": (crowd_gt, _results({1: [(SMALL, 0.5, 1), ([20.0, 120.0, 60.0, 60.0], 0.9, 1)]}), None),
+        "no detections": (FakeDataset(_gt_three_sizes())._gt, [], None),
+        "subset of images": (FakeDataset(_gt_three_sizes())._gt, _results({1: _perfect()[1]}), [1]),
+    }  # fmt: skip
+    for seed, num_images in ((0, 40), (1, 10)):
+        dataset, per_image = _random_fixture(seed, num_images)
+        fixtures[f"random {seed}"] = (dataset._gt, _results(per_image), None)
+    unknown = {"image_id": 1, "category_id": 99, "bbox": SMALL, "score": 0.99}  # never scored
+    fixtures["random 1, a category not in the ground truth"] = (
+        dataset._gt,
+        [*_results(per_image), unknown],
+        None,
+    )
+    dataset, per_image = _random_fixture(0)
+    fixtures["random 0, images 1-20"] = (dataset._gt, _results(per_image), list(range(1, 21)))
+    dataset, per_image = _many_detections_fixture()
+    fixtures["120 detections on an image"] = (dataset._gt, _results(per_image), None)
+    return fixtures
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "hotcoco"])
+def test_backends_equal_pycocotools_on_every_fixture(backend):
+    """The 12 stats and the precision array [T, R, K, A, M] of every fixture of this file equal
+    pycocotools' (hotcoco: bit for bit; faster-coco-eval: to 1e-15, pycocotools adds an epsilon
+    to the precision denominator)."""
+    for name, (gt, results, image_ids) in _every_fixture().items():
+        ref_stats, ref_precision, ref_cats = coco_bbox_eval(gt, results, "pycocotools", image_ids)
+        stats, precision, cats = coco_bbox_eval(gt, results, backend, image_ids)
+        assert cats == ref_cats == list(CAT_IDS), name
+        assert precision.shape == ref_precision.shape == (10, 101, 3, 4, 3), name
+        if backend == "hotcoco":
+            np.testing.assert_array_equal(stats, ref_stats, err_msg=name)
+            np.testing.assert_array_equal(precision, ref_precision, err_msg=name)
+        else:
+            np.testing.assert_allclose(stats, ref_stats, rtol=0, atol=1e-15, err_msg=name)
+            np.testing.assert_allclose(precision, ref_precision, rtol=0, atol=1e-15, err_msg=name)
+    many = _every_fixture()["120 detections on an image"]
+    stats = coco_bbox_eval(*many[:2], "pycocotools")[0]
+    assert stats[6] < stats[7] < stats[8]  # AR1 < AR10 < AR100: every maxDets cuts
 
 
 def test_gathered_ranks_equal_one_process():
@@ -425,9 +517,10 @@ def test_evaluate_tool_picks_ema_weights_when_present():
     assert tool.select_weights(bare, "auto", "x.pth") == (bare, "model")
 
 
-def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys, load_tool):
+def test_evaluate_tool_end_to_end_every_backend(tmp_path, capsys, load_tool):
     """The CLI over the real builders: a fresh tiny RetinaNet (prior 0.2, so it does detect
-    something) on a tiny synthetic COCO set; both backends write the same metrics."""
+    something) on a tiny synthetic COCO set; every backend writes the same metrics, and the
+    analysis views print their tables and write their files next to --out."""
     from detmine.data import build_dataset
     from detmine.data.synthetic import ensure_synthetic
     from detmine.modeling import build_model
@@ -447,17 +540,24 @@ def test_evaluate_tool_end_to_end_both_backends(tmp_path, capsys, load_tool):
     torch.save({"model": model.state_dict(), "ema": None}, ckpt)
     tool = load_tool("evaluate")
     metrics = {}
-    for backend in BACKENDS:
+    for backend in TOOL_BACKENDS:
         out = tmp_path / backend / "results.json"
         assert (
             tool.main([str(config), str(ckpt), "--backend", backend, "--out", str(out), "--no-progress"]) == 0
         )
         printed = capsys.readouterr().out
         assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed and "Per-class AP" in printed
+        assert "[errors]" in printed and "[thresholds]" in printed
         results = json.loads(out.read_text())
         assert results and {r["category_id"] for r in results} <= category_ids
         metrics[backend] = json.loads(out.with_name("results.metrics.json").read_text())
         assert metrics[backend]["backend"] == backend and metrics[backend]["num_images"] == 4
         assert metrics[backend]["weights"] == "model"
-    fast, slow = (metrics[b]["stats"] for b in BACKENDS)
-    assert fast.keys() == slow.keys() and all(fast[k] == pytest.approx(slow[k], abs=1e-12) for k in fast)
+    first, *others = (metrics[b]["stats"] for b in TOOL_BACKENDS)
+    for other in others:
+        assert first.keys() == other.keys() and all(
+            first[k] == pytest.approx(other[k], abs=1e-12) for k in first
+        )
+    assert {"errors", "frequency", "confusion", "thresholds"} <= set(metrics["hotcoco"]["views"])
+    for name in ("thresholds.json", "confusion_matrix.csv", "confusion_matrix.png"):
+        assert (tmp_path / "hotcoco" / name).is_file(), name
