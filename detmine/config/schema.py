@@ -18,6 +18,54 @@ from detmine.errors import ConfigError
 
 
 @dataclass
+class HardNegativesConfig:
+    """Offline hard-negative bootstrapping (``data.hard_negatives``): a pool mined by
+    ``tools/mine_hard_negatives.py`` joins the training stream as background-only samples.
+
+    Every key defaults to null (a run without a pool and a run from before this section have
+    the same config). With ``pool`` set, each epoch holds ``round(n * ratio / (1 - ratio))``
+    pool samples among its ``n`` training samples (see
+    ``detmine.data.samplers.TrainingBatchSampler``), shuffled in with them and augmented by
+    the training transform like any image; they carry no boxes, so every anchor on them is
+    background for the matcher and every miner.
+    """
+
+    #: the pool (JSON written by ``tools/mine_hard_negatives.py``); null = off.
+    pool: str | None = None
+    #: expected share of pool samples in the training stream, in (0, 1); null = 0.25.
+    ratio: float | None = None
+    #: true: a crop around each mined box instead of the whole image; null = false.
+    crop: bool | None = None
+    #: context of a crop: the box grown by this fraction of its width / height on each side;
+    #: null = 0.5.
+    crop_context: float | None = None
+    #: each side of a crop at least this many pixels (the image's side when smaller); null = 64.
+    crop_min_size: int | None = None
+
+    #: the values a null key stands for.
+    DEFAULTS: typing.ClassVar[dict[str, Any]] = {
+        "ratio": 0.25,
+        "crop": False,
+        "crop_context": 0.5,
+        "crop_min_size": 64,
+    }
+
+    def __post_init__(self) -> None:
+        key = "data.hard_negatives"
+        if self.ratio is not None and not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"{key}.ratio must be in (0, 1) (the share of pool samples), got {self.ratio}")
+        if self.crop_context is not None and self.crop_context < 0:
+            raise ConfigError(f"{key}.crop_context must be >= 0, got {self.crop_context}")
+        if self.crop_min_size is not None and self.crop_min_size < 1:
+            raise ConfigError(f"{key}.crop_min_size must be >= 1, got {self.crop_min_size}")
+
+    def resolved(self) -> dict[str, Any]:
+        """``{pool, ratio, crop, crop_context, crop_min_size}`` with every null replaced by its default."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: self.DEFAULTS[k] if v is None and k in self.DEFAULTS else v for k, v in values.items()}
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how it is read and augmented."""
 
@@ -46,6 +94,8 @@ class DataConfig:
     num_workers: int = 2
     #: extra keyword options of ``build_dataloader`` (aspect-ratio grouping, repeat factors...).
     loader_options: dict[str, Any] = field(default_factory=dict)
+    #: offline hard negatives mixed into training (:class:`HardNegativesConfig`; off by default).
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
 
 @dataclass

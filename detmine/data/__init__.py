@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         Transform,
     )
     from detmine.data.coco import CocoDetection
+    from detmine.data.hard_negatives import HardNegativePool, read_pool, write_pool
     from detmine.data.voc import VOC_CLASSES, VOCDetection
 
 # Imported lazily so that `python -m detmine.data.synthetic` and its worker processes do not
@@ -32,6 +33,9 @@ _LAZY = {
     "DegenerateBoxWarning": "detmine.data._common",
     "SkippedSample": "detmine.data._common",
     "CocoDetection": "detmine.data.coco",
+    "HardNegativePool": "detmine.data.hard_negatives",
+    "read_pool": "detmine.data.hard_negatives",
+    "write_pool": "detmine.data.hard_negatives",
     "VOCDetection": "detmine.data.voc",
     "VOC_CLASSES": "detmine.data.voc",
 }
@@ -48,10 +52,13 @@ __all__ = [
     "CocoDetection",
     "DATASET_KINDS",
     "DegenerateBoxWarning",
+    "HardNegativePool",
     "SkippedSample",
     "VOCDetection",
     "VOC_CLASSES",
     "build_dataset",
+    "read_pool",
+    "write_pool",
 ]
 
 DATASET_KINDS = ("coco", "voc", "synthetic")

@@ -1,9 +1,9 @@
 """Batching: :func:`collate` (padded uint8 batch + list of targets) and :func:`build_dataloader`.
 
 Training loaders use :class:`detmine.data.samplers.TrainingBatchSampler` (seeded,
-resumable, optional aspect-ratio grouping and repeat-factor sampling, sharded over
-the distributed ranks); evaluation loaders go in dataset order over this rank's
-contiguous shard. Both are :class:`DetectionDataLoader` s over a :class:`KeyedDataset`:
+resumable, optional aspect-ratio grouping, repeat-factor sampling and a hard-negative pool
+mixed in at a ratio, sharded over the distributed ranks); evaluation loaders go in dataset
+order over this rank's contiguous shard. Both are :class:`DetectionDataLoader` s over a :class:`KeyedDataset`:
 
 - augmentation: before each sample is transformed, its transform is reseeded from
   ``(seed, epoch, index, repeat)`` (:func:`~detmine.data.samplers.sample_seed`), in
@@ -351,9 +351,18 @@ def _leave_sigterm_to_the_main_process() -> None:
 
 
 #: ``build_dataloader`` parameters the loader builders set from other keys (not
-#: ``data.loader_options``; ``size_divisible`` / ``pad_value`` are the model's, and the options
-#: may override them).
-LOADER_PASSED = ("dataset", "batch_size", "train", "num_workers", "distributed", "seed")
+#: ``data.loader_options``: ``pool_size`` / ``pool_ratio`` come from ``data.hard_negatives``;
+#: ``size_divisible`` / ``pad_value`` are the model's, and the options may override them).
+LOADER_PASSED = (
+    "dataset",
+    "batch_size",
+    "train",
+    "num_workers",
+    "distributed",
+    "seed",
+    "pool_size",
+    "pool_ratio",
+)
 
 
 def build_dataloader(
@@ -374,6 +383,8 @@ def build_dataloader(
     drop_last: bool = False,
     size_divisible: int = 32,
     pad_value: Sequence[float] | float = 0,
+    pool_size: int = 0,
+    pool_ratio: float = 0.0,
 ) -> DetectionDataLoader:
     """DataLoader yielding ``(images uint8 [B, 3, H, W], list[Target])``.
 
@@ -401,6 +412,11 @@ def build_dataloader(
             declared divisibility; 1 keeps SSD300's 300x300).
         pad_value: padding fill in 0..255 pixels, one value or one per RGB channel (the
             model's normalisation mean; rounded to uint8).
+        pool_size: (train) the last ``pool_size`` items of ``dataset`` are a hard-negative
+            pool (:class:`~detmine.data.pool_dataset.WithHardNegatives`), drawn at
+            ``pool_ratio`` of each epoch instead of once each (see
+            :class:`TrainingBatchSampler`); repeat factors count the other images only.
+        pool_ratio: (train) the share of pool samples in each epoch, in ``[0, 1)``.
 
     ``loader.dataset`` is a :class:`KeyedDataset` around ``dataset`` (attributes forwarded).
     """
@@ -416,15 +432,20 @@ def build_dataloader(
     rank, world_size = dist_rank_world(rank, world_size)
     sampler: TrainingBatchSampler | InferenceBatchSampler
     if train:
+        if not 0 <= pool_size < num_images:
+            raise ConfigError(
+                f"pool_size must be in [0, {num_images}) (the dataset's length), got {pool_size}"
+            )
+        num_base = num_images - pool_size
         groups = None
         if aspect_grouping:
             groups = aspect_ratio_groups(_resolve(dataset, i, "image_size") for i in range(num_images))
         factors = None
         if repeat_factor_threshold is not None:
-            labels = (_resolve(dataset, i, "image_labels") for i in range(num_images))
+            labels = (_resolve(dataset, i, "image_labels") for i in range(num_base))
             factors = repeat_factors(labels, repeat_factor_threshold)
         sampler = TrainingBatchSampler(
-            num_images,
+            num_base,
             batch_size,
             seed=seed,
             group_ids=groups,
@@ -432,6 +453,8 @@ def build_dataloader(
             drop_last=drop_last,
             rank=rank,
             world_size=world_size,
+            pool_size=pool_size,
+            pool_ratio=pool_ratio,
         )
     else:
         sampler = InferenceBatchSampler(num_images, batch_size, rank=rank, world_size=world_size)

@@ -4,11 +4,18 @@ The training order of an epoch is a pure function of ``(seed, epoch, dataset)``:
 
 1. repeat factors (optional, LVIS): image ``i`` appears ``floor(r_i)`` times plus once
    more with probability ``frac(r_i)`` (stochastic rounding, drawn per epoch);
-2. the resulting index list is shuffled;
-3. consecutive indices are packed into batches of ``batch_size``; with aspect-ratio
+2. a hard-negative pool (optional: ``pool_size`` entries after the ``N`` images, dataset
+   indices ``N .. N + P - 1``): ``M = round(n * ratio / (1 - ratio))`` pool indices join
+   the ``n`` indices of step 1, so pool samples make up ``ratio`` of the epoch up to the
+   rounding (:func:`pool_draw_count`). They come from their own stream, seeded by
+   ``(seed, epoch)`` and a constant, cycling through fresh permutations of the pool: no
+   entry is drawn twice before every entry was drawn once (:func:`pool_draws`). Without a
+   pool the order is exactly the one of a sampler that knows no pools;
+3. the resulting index list is shuffled;
+4. consecutive indices are packed into batches of ``batch_size``; with aspect-ratio
    grouping each group (landscape ``w >= h`` / portrait ``w < h``) fills its own
    batch, so every batch is pure;
-4. the global batch list is dealt round-robin to the ``world_size`` processes
+5. the global batch list is dealt round-robin to the ``world_size`` processes
    (batch ``j`` goes to rank ``j % world_size``), so every rank gets the same number
    of batches (DDP needs that) and no index appears on two ranks.
 
@@ -16,8 +23,8 @@ Every rank computes the same global list (same seed), no communication needed.
 
 The training sampler's batches hold :class:`SampleKey` s: ints (the dataset index, so
 ``dataset[key]`` works anywhere) that also carry the epoch and the occurrence number of
-the index in the epoch's global list (``repeat``: > 0 for repeat-factor copies and for the
-batches that complete the last distributed round). :func:`sample_seed` turns
+the index in the epoch's global list (``repeat``: > 0 for repeat-factor copies, pool entries
+drawn again and the batches that complete the last distributed round). :func:`sample_seed` turns
 ``(seed, epoch, index, repeat)`` into the seed of that sample's augmentation; the loader
 (:class:`detmine.data.keyed.KeyedDataset`) reseeds the transform with it right before
 transforming the sample, in whichever process loads it. Augmentations therefore depend on
@@ -116,18 +123,45 @@ def aspect_ratio_groups(sizes: Iterable[tuple[int, int]]) -> np.ndarray:
     return np.array([0 if w >= h else 1 for h, w in sizes], dtype=np.int64)
 
 
+#: mixed into the seed of the pool draws, so they never share a stream with the shuffle.
+_POOL_STREAM = 0x706F6F6C  # "pool"
+
+
+def pool_draw_count(num_samples: int, ratio: float) -> int:
+    """Pool samples an epoch of ``num_samples`` training samples takes at ``ratio``:
+    ``round(num_samples * ratio / (1 - ratio))`` (halves round up), so that
+    ``M / (num_samples + M)`` is ``ratio`` up to the rounding."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"the hard-negative pool ratio must be in [0, 1), got {ratio}")
+    return int(math.floor(num_samples * ratio / (1.0 - ratio) + 0.5))
+
+
+def pool_draws(seed: int, epoch: int, pool_size: int, count: int) -> np.ndarray:
+    """int64 ``[count]`` pool positions in ``0..pool_size-1`` for ``epoch``: consecutive fresh
+    permutations of the pool, cut at ``count`` (a pure function of the arguments)."""
+    if count == 0 or pool_size == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(epoch), _POOL_STREAM])
+    rounds = -(-count // pool_size)
+    return np.concatenate([rng.permutation(pool_size) for _ in range(rounds)])[:count].astype(np.int64)
+
+
 class TrainingBatchSampler(Sampler[list[int]]):
     """Seeded, shuffled, optionally grouped / repeat-factor batches for one rank; resumable.
 
     Args:
-        num_images: dataset length ``N``.
+        num_images: the training images ``N`` (dataset indices ``0 .. N - 1``).
         batch_size: images per batch on this rank.
         seed: the order of epoch ``e`` is a function of ``(seed, e)`` only; use the
             same seed on every rank.
-        group_ids: int ``[N]``; batches only mix images of one group (see
+        group_ids: int ``[N + pool_size]``; batches only mix images of one group (see
             :func:`aspect_ratio_groups`). None = one group.
         repeat_factors: float ``[N]`` >= 1 (see :func:`repeat_factors`). None = each
             image once per epoch.
+        pool_size: ``P`` hard-negative pool entries following the images (dataset indices
+            ``N .. N + P - 1``); 0 = none.
+        pool_ratio: the share of pool samples in each epoch (see :func:`pool_draw_count`),
+            in ``[0, 1)``; pool samples are keyed, seeded and resumed like any other.
         drop_last: drop incomplete batches (one per group at the end of the epoch)
             and, when distributed, the batches that do not fill a last round over the
             ranks; otherwise keep them and complete the last round with batches from
@@ -164,6 +198,8 @@ class TrainingBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        pool_size: int = 0,
+        pool_ratio: float = 0.0,
     ) -> None:
         if num_images <= 0:
             raise DataError("cannot sample batches from an empty dataset")
@@ -171,16 +207,22 @@ class TrainingBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
         if int(seed) < 0:
             raise ConfigError(f"sampler seed must be a non-negative int, got {seed}")
+        if pool_size < 0:
+            raise ConfigError(f"pool_size must be >= 0, got {pool_size}")
+        pool_draw_count(0, pool_ratio)  # checks the ratio
         self.num_images = num_images
         self.batch_size = batch_size
         self.seed = int(seed)
+        self.pool_size = int(pool_size)
+        self.pool_ratio = float(pool_ratio) if pool_size else 0.0
         self.group_ids = None if group_ids is None else np.asarray(group_ids, dtype=np.int64)
         self.repeat_factors = None if repeat_factors is None else np.asarray(repeat_factors, dtype=np.float64)
-        for name, arr in (("group_ids", self.group_ids), ("repeat_factors", self.repeat_factors)):
-            if arr is not None and arr.shape != (num_images,):
-                raise ConfigError(
-                    f"{name} must have one entry per image ({num_images}), got shape {arr.shape}"
-                )
+        for name, arr, size in (
+            ("group_ids", self.group_ids, num_images + self.pool_size),
+            ("repeat_factors", self.repeat_factors, num_images),
+        ):
+            if arr is not None and arr.shape != (size,):
+                raise ConfigError(f"{name} must have one entry per image ({size}), got shape {arr.shape}")
         if self.repeat_factors is not None and (self.repeat_factors < 1).any():
             raise ConfigError("repeat_factors must all be >= 1")
         self.drop_last = drop_last
@@ -198,6 +240,10 @@ class TrainingBatchSampler(Sampler[list[int]]):
             whole = np.floor(self.repeat_factors)
             reps = whole + (rng.random(self.num_images) < self.repeat_factors - whole)
             indices = np.repeat(np.arange(self.num_images), reps.astype(np.int64))
+        if self.pool_ratio > 0:
+            count = pool_draw_count(len(indices), self.pool_ratio)
+            pool = self.num_images + pool_draws(self.seed, epoch, self.pool_size, count)
+            indices = np.concatenate([indices, pool])
         return indices[rng.permutation(len(indices))]
 
     def _global_batches(self, epoch: int) -> list[list[int]]:

@@ -124,12 +124,50 @@ def batch_geometry(model: nn.Module | None) -> dict[str, Any]:
     return out
 
 
+def with_hard_negatives(cfg: Config, dataset: Any) -> tuple[Any, dict[str, Any]]:
+    """The training set with the ``data.hard_negatives`` pool appended
+    (:class:`~detmine.data.pool_dataset.WithHardNegatives`, the pool read through the training
+    transform of ``dataset``) and the loader's ``{pool_size, pool_ratio}``; ``(dataset, {})``
+    without a pool. A bad pool file is one :class:`DataError` line naming it."""
+    options = cfg.data.hard_negatives.resolved()
+    if options["pool"] is None:
+        return dataset, {}
+    from detmine.data.hard_negatives import read_pool
+    from detmine.data.pool_dataset import PoolDataset, WithHardNegatives
+    from detmine.errors import DataError
+
+    pool = read_pool(options["pool"])
+    if not pool.entries:
+        raise DataError(
+            f"hard-negative pool {options['pool']}: it holds no entries, nothing to mix in "
+            "(data.hard_negatives.pool; mine with a lower --score-thresh, or set it to null)"
+        )
+    names = list(getattr(dataset, "class_names", []) or [])
+    if pool.class_names and names and pool.class_names != names and dist.is_main_process():
+        warn(
+            f"hard-negative pool {options['pool']} was mined by a detector of the classes {pool.class_names}, "
+            f"the training set has {names}: its images are background-only all the same"
+        )
+    pool_set = PoolDataset(
+        pool,
+        transform=getattr(dataset, "transform", None),
+        on_bad_image=cfg.data.on_bad_image,
+        crop=options["crop"],
+        crop_context=options["crop_context"],
+        crop_min_size=options["crop_min_size"],
+    )
+    return WithHardNegatives(dataset, pool_set), {"pool_size": len(pool_set), "pool_ratio": options["ratio"]}
+
+
 def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
     """The training loader: shuffled with a sampler seeded by ``train.seed`` (resumable),
     sharded over the processes when distributed; per-process batch = global / world size;
-    batches padded as ``model`` declares (:func:`batch_geometry`)."""
+    batches padded as ``model`` declares (:func:`batch_geometry`). With
+    ``data.hard_negatives.pool`` the pool's images join the stream at its ``ratio``
+    (:func:`with_hard_negatives`), so an epoch is the training set plus its pool share."""
     from detmine.data.loader import build_dataloader
 
+    dataset, pool = with_hard_negatives(cfg, dataset)
     opts = dict(cfg.data.loader_options)  # names and types checked at load
     return build_dataloader(
         dataset,
@@ -138,8 +176,35 @@ def build_train_loader(cfg: Config, dataset: Any, model: nn.Module | None = None
         num_workers=cfg.data.num_workers,
         distributed=dist.get_world_size() > 1,
         seed=cfg.train.seed,
-        **{**batch_geometry(model), **opts},
+        **{**batch_geometry(model), **opts, **pool},
     )
+
+
+def build_mining_set(dataset: Any, split: str, images: str | None = None) -> tuple[Any, dict[int, str], str]:
+    """What ``tools/mine_hard_negatives.py`` searches, read with ``dataset``'s (evaluation)
+    transform: the background-only images of ``dataset``, the split ``split`` (chosen from its
+    annotations, no image decoded) or, with ``images``, every image of that folder. Returns ``(images, image
+    id -> file, source)`` with ``source`` the split's name or ``"folder"``.
+
+    Raises:
+        DataError: no image to search (a split without background-only images, an empty folder).
+    """
+    from torch.utils.data import Subset
+
+    from detmine.data.negative_mining import ImageFolder, background_indices
+    from detmine.errors import DataError
+
+    if images is not None:
+        folder = ImageFolder(images, transform=getattr(dataset, "transform", None))
+        return folder, dict(enumerate(folder.paths)), "folder"
+    indices = background_indices(dataset)
+    if not indices:
+        raise DataError(
+            f"split {split!r} has no background-only image among its {len(dataset)} images: nothing to mine "
+            "(choose another --split, or --images FOLDER)"
+        )
+    records = dataset.records
+    return Subset(dataset, indices), {records[i].image_id: records[i].path for i in indices}, split
 
 
 def build_val_loader(cfg: Config, dataset: Any, model: nn.Module | None = None) -> Any:
