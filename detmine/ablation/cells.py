@@ -27,8 +27,20 @@ from detmine.engine.run_folder import FINAL_DETECTIONS
 
 NEW, INTERRUPTED, FINISHED, MISMATCHED = "new", "interrupted", "finished", "mismatched"
 
-#: keys that may differ between a cell's folder and the grid without changing its numbers.
-_WATCHING = ("output_dir", "train.resume", "train.keep_last", "data.num_workers", "vis.", "hooks", "plugins")
+#: keys that may differ between a cell's folder and the grid without changing its numbers (the
+#: COCO backends give identical numbers; the views add columns, never change AP).
+_WATCHING = (
+    "output_dir",
+    "train.resume",
+    "train.keep_last",
+    "data.num_workers",
+    "vis.",
+    "hooks",
+    "plugins",
+    "eval.backend",
+    "eval.batch_size",
+    "eval.views",
+)
 
 
 @dataclass(frozen=True)
