@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from detmine.analysis.coco_boxes import iou_xywh
+
 
 @dataclass(frozen=True)
 class BackgroundFalsePositives:
@@ -36,17 +38,6 @@ class BackgroundFalsePositives:
     num_empty_images: int
     score_thresh: float
     iou_thresh: float
-
-
-def _iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of COCO ``xywh`` boxes ``a [N, 4]`` and ``b [M, 4]``."""
-    ax1, ay1 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx1, by1 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    w = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def background_false_positives(
@@ -90,7 +81,7 @@ def background_false_positives(
             found = len(dets)
             on_empty += found
         else:
-            found = int((_iou_xywh(dets, objects).max(axis=1, initial=0.0) < iou_thresh).sum())
+            found = int((iou_xywh(dets, objects).max(axis=1, initial=0.0) < iou_thresh).sum())
         count += found
     empty_images = sum(1 for i in ids if not boxes[i])
     return BackgroundFalsePositives(

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from detmine.analysis.coco_boxes import crowd_cover_xywh, iou_xywh
 from detmine.errors import DataError
 
 __all__ = [
@@ -60,32 +61,6 @@ BACKGROUND = "background"
 
 # Above this many rows the cells are too small to hold their counts: the picture is colours only.
 _MAX_ANNOTATED = 40
-
-
-def _intersection_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection areas ``[N, M]`` of COCO ``xywh`` boxes ``a [N, 4]`` and ``b [M, 4]``."""
-    w = np.minimum((a[:, 0] + a[:, 2])[:, None], (b[:, 0] + b[:, 2])[None]) - np.maximum(
-        a[:, 0][:, None], b[:, 0][None]
-    )
-    h = np.minimum((a[:, 1] + a[:, 3])[:, None], (b[:, 1] + b[:, 3])[None]) - np.maximum(
-        a[:, 1][:, None], b[:, 1][None]
-    )
-    return np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
-
-
-def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of COCO ``xywh`` boxes ``a [N, 4]`` and ``b [M, 4]`` (0 for an empty union)."""
-    inter = _intersection_xywh(a, b)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def crowd_cover_xywh(detections: np.ndarray, crowds: np.ndarray) -> np.ndarray:
-    """COCO's overlap with a crowd region ``[N, M]``: the intersection of detection ``n`` with
-    region ``m`` over the detection's own area (0 for an empty detection)."""
-    inter = _intersection_xywh(detections, crowds)
-    area = (detections[:, 2] * detections[:, 3])[:, None]
-    return np.where(area > 0, inter / np.maximum(area, 1e-12), 0.0)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from detmine.analysis.coco_boxes import crowd_cover_xywh, iou_xywh
 from detmine.evaluation.coco_eval import prepare_gt
 
 __all__ = ["ERROR_TYPES", "TideErrors", "tide_errors"]
@@ -102,30 +103,6 @@ class TideErrors:
         return "\n".join(lines)
 
 
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection areas ``[N, M]`` of ``xywh`` boxes ``a [N, 4]`` and ``b [M, 4]``."""
-    w = np.minimum((a[:, 0] + a[:, 2])[:, None], (b[:, 0] + b[:, 2])[None]) - np.maximum(
-        a[:, 0][:, None], b[:, 0][None]
-    )
-    h = np.minimum((a[:, 1] + a[:, 3])[:, None], (b[:, 1] + b[:, 3])[None]) - np.maximum(
-        a[:, 1][:, None], b[:, 1][None]
-    )
-    return np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of ``xywh`` boxes (pycocotools' box IoU; 0 for an empty union)."""
-    inter = _intersection(a, b)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-300), 0.0)
-
-
-def _crowd_cover(dets: np.ndarray, crowds: np.ndarray) -> np.ndarray:
-    """pycocotools' IoU with a crowd region ``[N, M]``: intersection over the detection's area."""
-    area = (dets[:, 2] * dets[:, 3])[:, None]
-    return np.where(area > 0, _intersection(dets, crowds) / np.maximum(area, 1e-300), 0.0)
-
-
 @dataclass
 class _Matches:
     """Every kept detection and object of the evaluated images, after matching.
@@ -160,7 +137,7 @@ def _match_image(
     status = np.full(num_dets, -1, dtype=np.int64)
     target = np.full(num_dets, -1, dtype=np.int64)
     used = np.zeros(num_gt, dtype=bool)
-    iou = _iou(boxes, gt_boxes)  # [D, G]
+    iou = iou_xywh(boxes, gt_boxes)  # [D, G]
     same = classes[:, None] == gt_classes[None]
     same_iou = np.where(same, iou, 0.0)
     # Greedy by score (COCO's matching): only a detection with some IoU >= t_f can match.
@@ -172,7 +149,7 @@ def _match_image(
             status[d] = _TP
     unmatched = status < 0
     if len(crowd_boxes):
-        cover = np.where(classes[:, None] == crowd_classes[None], _crowd_cover(boxes, crowd_boxes), 0.0)
+        cover = np.where(classes[:, None] == crowd_classes[None], crowd_cover_xywh(boxes, crowd_boxes), 0.0)
         status[unmatched & (cover >= pos_iou).any(axis=1)] = _IGNORED
     fp = status < 0
     if num_gt == 0:
