@@ -3,21 +3,28 @@
 
     python tools/visualize_negatives.py CONFIG CHECKPOINT [--split val] [--num-images 16]
         [--gallery-images 0] [--gallery-size 64] [--score-thresh 0.3] [--class-aware]
-        [--weights auto|ema|model] [--out-dir DIR] [--logdir DIR] [key=value ...]
+        [--heat-map merged|levels|off] [--format png|jpg] [--weights auto|ema|model]
+        [--out-dir DIR] [--logdir DIR] [key=value ...]
 
 Runs the model and the criterion of the recipe over images of a split without training
 (no gradients, evaluation transform) and writes to ``--out-dir`` (default
 ``<checkpoint dir>/negatives_<split>``):
 
-- ``negatives/<n>_img<image id>.png`` for the first ``--num-images`` images: ground truth,
-  positive anchors, the ``vis.top_k`` hardest mined negatives coloured by loss rank,
-  ignored anchors, legend;
+- ``negatives/<n>_img<image id>.png`` (``.jpg`` with ``--format jpg``) for the first
+  ``--num-images`` images, long side >= 512: ground truth, positive anchors, the ``vis.top_k``
+  hardest mined negatives coloured by loss rank, ignored anchors; beside them the heat map of
+  the counted negatives' loss per anchor location (``--heat-map``: the pyramid levels merged,
+  one panel per level, or off); below, a legend whose caption says where the negatives' loss
+  goes (``all`` miner: the share held by the top 1% / 10% of the negatives; a real miner: how
+  many it kept, and their share);
 - ``gallery.png`` + ``gallery.json``: the ``--gallery-size`` highest-scoring false
   positives over the first ``--gallery-images`` images (0 = the whole split) -- predictions
   that overlap no ground-truth box (of any class; with ``--class-aware`` of their own class)
   at IoU >= 0.5 and lie on no ignore region, cropped, sorted by score, captioned with class,
-  score and image id. This is where missing labels
-  and confusing background show up.
+  score and image id. This is where missing labels and confusing background show up;
+- ``gallery/index.html``: the same false positives as a web page (every crop, its score,
+  class and source image; relative links, opens offline), with ``gallery/crops/`` and
+  ``gallery/sources/``.
 
 With ``--logdir`` the same pictures go to TensorBoard (``negatives/<n>``,
 ``negatives/gallery``) with the mining histograms/scalars of each batch (``mining/...``,
@@ -60,6 +67,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a prediction on a GT box of another class is a false positive too (default: background only)",
     )
     parser.add_argument("--score-thresh", type=float, default=0.3, help="lowest prediction score considered")
+    parser.add_argument(
+        "--heat-map",
+        choices=["merged", "levels", "off"],
+        default="merged",
+        help="heat map of the negatives' loss beside the boxes: levels merged (default), per level, or off",
+    )
+    parser.add_argument(
+        "--format", choices=["png", "jpg"], default="png", help="file type of the mined-negative pictures"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument(
         "--out-dir", default=None, help="PNG folder (default: <checkpoint dir>/negatives_<split>)"
@@ -74,13 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_png(path: Path, image_rgb: Any) -> None:
-    """Write an RGB ``uint8 [H, W, 3]`` picture as a PNG, atomically (one-line error)."""
+def write_picture(path: Path, image_rgb: Any) -> None:
+    """Write an RGB ``uint8 [H, W, 3]`` picture as a PNG -- or a JPEG (quality 90) when ``path``
+    ends in ``.jpg`` --, atomically (one-line error)."""
     from detmine.safe_io import atomic_write_bytes
 
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_OPTIMIZE, 1] if jpeg else []
+    ok, encoded = cv2.imencode(path.suffix, np.ascontiguousarray(image_rgb[..., ::-1]), params)
     if not ok:
-        raise DetmineError(f"could not encode the picture {path} as PNG")
+        raise DetmineError(f"could not encode the picture {path} as {path.suffix}")
     atomic_write_bytes(path, encoded.tobytes(), what="picture", where="--out-dir")
 
 
@@ -181,8 +200,11 @@ def _visit(job: _Job, args: argparse.Namespace, gallery: Any) -> int:
                         b,
                         top_k=job.cfg.vis.top_k,
                         class_names=names,
+                        level_counts=outputs.level_counts,
+                        heat_map=args.heat_map,
                     )
-                    write_png(job.out_dir / "negatives" / f"{drawn:04d}_img{target['image_id']}.png", picture)
+                    name = f"{drawn:04d}_img{target['image_id']}.{args.format}"
+                    write_picture(job.out_dir / "negatives" / name, picture)
                     if job.writer is not None:
                         job.writer.add_image(f"negatives/{drawn}", picture, 0, dataformats="HWC")
                     drawn += 1
@@ -195,8 +217,9 @@ def _visit(job: _Job, args: argparse.Namespace, gallery: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detmine.safe_io import atomic_write_text
+    from detmine.safe_io import atomic_write_bytes, atomic_write_text
     from detmine.viz.gallery import HardNegativeGallery
+    from detmine.viz.gallery_html import gallery_page, write_gallery_page
 
     job = _prepare(args)
     gallery = HardNegativeGallery(
@@ -204,16 +227,28 @@ def run(args: argparse.Namespace) -> int:
     )
     drawn = _visit(job, args, gallery)
     grid = gallery.render()
-    write_png(job.out_dir / "gallery.png", grid)
+    write_picture(job.out_dir / "gallery.png", grid)
     text = json.dumps(gallery.to_json(), indent=1)
     atomic_write_text(job.out_dir / "gallery.json", text, what="gallery", where="--out-dir")
+    summary = (
+        f"{len(gallery.items)} highest-scoring of {gallery.num_false_positives} false positives "
+        f"(score >= {args.score_thresh}, {job.n_gallery} images of split '{job.split}', "
+        f"checkpoint {Path(args.checkpoint).name})"
+    )
+    page = gallery_page(gallery.items, class_names=job.dataset.class_names, summary=summary)
+    index = write_gallery_page(
+        job.out_dir / "gallery",
+        page,
+        write=lambda path, data: atomic_write_bytes(path, data, what="gallery page", where="--out-dir"),
+    )
     if job.writer is not None:
         job.writer.add_image("negatives/gallery", grid, 0, dataformats="HWC")
         job.writer.close()
     print(
         f"wrote {drawn} mined-negative pictures to {job.out_dir / 'negatives'}; gallery of the "
         f"{len(gallery.items)} highest-scoring of {gallery.num_false_positives} false positives "
-        f"(score >= {args.score_thresh}, {job.n_gallery} images) to {job.out_dir / 'gallery.png'}"
+        f"(score >= {args.score_thresh}, {job.n_gallery} images) to {job.out_dir / 'gallery.png'} "
+        f"and {index}"
     )
     return 0
 

@@ -24,7 +24,7 @@ import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -283,8 +283,11 @@ def mining_vis_hook(
     period: int | None = None,
     num_images: int | None = None,
     top_k: int | None = None,
+    heat_map: Literal["merged", "levels", "off"] | bool = "merged",
 ) -> HookBase | None:
-    """Mined-negative pictures every ``vis.period`` iterations (off at 0)."""
+    """Mined-negative pictures every ``vis.period`` iterations (off at 0); ``heat_map``: the
+    negatives' loss per location beside the boxes, pyramid levels merged, per level, or off
+    (YAML reads a bare ``off`` as false: false is off, true is merged)."""
     v = context.cfg.vis
     for option, value in (("period", period), ("num_images", num_images), ("top_k", top_k)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -300,6 +303,7 @@ def mining_vis_hook(
         num_images=_or(num_images, v.num_images),
         top_k=_or(top_k, v.top_k),
         class_names=context.class_names,
+        heat_map=("merged" if heat_map else "off") if isinstance(heat_map, bool) else heat_map,
     )
     return MiningVisHook(visualizer, period=period)
 

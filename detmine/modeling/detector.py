@@ -203,18 +203,22 @@ class DenseDetector(nn.Module):
         computed without running the network: the backbone and neck are traced on shape-only
         (fake) tensors; where that is not supported, one forward of a blank image instead."""
         height, width = int(input_size[0]), int(input_size[1])
+        was_training = self.training
+        self.eval()  # BatchNorm in training mode refuses the 1x1 maps of one image (and would update its statistics)
         try:
-            from torch._subclasses.fake_tensor import FakeTensorMode
+            try:
+                from torch._subclasses.fake_tensor import FakeTensorMode
 
-            with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
-                maps = self._features(torch.empty(1, 3, height, width))
-                return [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
-        except Exception:  # noqa: BLE001 -- an op without a fake kernel: run it for real
-            with torch.no_grad():
-                param = next(self.parameters(), None)
-                device = param.device if param is not None else torch.device("cpu")
-                maps = self._features(torch.zeros(1, 3, height, width, device=device))
-                return [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
+                with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+                    maps = self._features(torch.empty(1, 3, height, width))
+            except Exception:  # noqa: BLE001 -- an op without a fake kernel: run it for real
+                with torch.no_grad():
+                    param = next(self.parameters(), None)
+                    device = param.device if param is not None else torch.device("cpu")
+                    maps = self._features(torch.zeros(1, 3, height, width, device=device))
+            return [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
+        finally:
+            self.train(was_training)
 
     def _features(self, images: Tensor) -> list[Tensor]:
         features = self.backbone(self.normalize(images))

@@ -36,18 +36,22 @@ _NEG_RAMP = np.array(
 )
 
 
+def _rgb(row: np.ndarray) -> RGB:
+    return int(round(row[0])), int(round(row[1])), int(round(row[2]))
+
+
 def negative_rank_colors(n: int) -> list[RGB]:
     """``n`` colours for negatives ranked 0 (hardest) .. n-1, hot to cool."""
     if n <= 0:
         return []
     if n == 1:
-        return [tuple(int(c) for c in _NEG_RAMP[0])]  # type: ignore[misc]
+        return [_rgb(_NEG_RAMP[0])]
     pos = np.linspace(0.0, len(_NEG_RAMP) - 1, n)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, len(_NEG_RAMP) - 1)
     frac = (pos - lo)[:, None]
     rgb = _NEG_RAMP[lo] * (1.0 - frac) + _NEG_RAMP[hi] * frac
-    return [tuple(int(round(c)) for c in row) for row in rgb]  # type: ignore[misc]
+    return [_rgb(row) for row in rgb]
 
 
 def class_color(label: int) -> RGB:

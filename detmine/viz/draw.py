@@ -1,15 +1,16 @@
-"""OpenCV drawing of boxes, labels, legends and mining pictures.
+"""OpenCV drawing of boxes, labels and legends (the mining picture itself is
+:mod:`detmine.viz.mining_picture`).
 
-Every function is pure: it takes a numpy ``[H, W, 3]`` uint8 RGB image and returns
+Every public function is pure: it takes a numpy ``[H, W, 3]`` uint8 RGB image and returns
 a new one (the input is never modified). Boxes are xyxy in pixels of that image.
 
 Readability rules:
 - line thickness and font size scale with the image size (:func:`line_thickness`,
   :func:`font_scale`), so a 300 px SSD input and a 1333 px COCO image both read well;
-- a label is drawn on a filled background and its position is clamped so it stays
-  inside the image (above the box when there is room, else inside it);
+- a label is drawn on a filled background, inside the image, and never on another label
+  (:class:`detmine.viz.labels.LabelPlacer`: a label with no free spot is left out);
 - the legend is a panel appended *below* the image, so it never hides content and
-  box coordinates in the image part are unchanged.
+  box coordinates in the image part are unchanged; its items never overlap either.
 """
 
 from __future__ import annotations
@@ -19,18 +20,14 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from detmine.viz.colors import (
-    GT_COLOR,
-    IGNORE_REGION_COLOR,
-    IGNORED_COLOR,
-    LEGEND_BG,
-    POSITIVE_COLOR,
-    RGB,
-    TEXT_COLOR,
-    negative_rank_colors,
-)
+from detmine.viz.colors import LEGEND_BG, RGB, TEXT_COLOR
+from detmine.viz.labels import LabelPlacer, Rect
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+LABEL_PAD = 2
+
+#: a legend entry: its text and either a colour or a swatch picture ``[h, w, 3]`` (a colour ramp)
+LegendEntry = tuple[str, "RGB | np.ndarray"]
 
 
 def line_thickness(shape: tuple[int, ...]) -> int:
@@ -44,7 +41,11 @@ def font_scale(shape: tuple[int, ...]) -> float:
     return max(0.35, max(shape[0], shape[1]) / 1000.0)
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def _thickness(scale: float) -> int:
+    return max(1, int(round(scale * 1.5)))
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
             "expected a numpy [H, W, 3] uint8 RGB image, got "
@@ -53,14 +54,14 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image).copy()
 
 
-def _as_boxes(boxes: np.ndarray | Sequence | None) -> np.ndarray:
+def as_boxes(boxes: np.ndarray | Sequence | None) -> np.ndarray:
+    """``boxes`` as float32 ``[N, 4]`` (``None`` -> ``[0, 4]``)."""
     if boxes is None:
         return np.zeros((0, 4), dtype=np.float32)
-    arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return arr
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def _box_points(box: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
+def box_points(box: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Integer corners of a box, clipped to the image (anchors may stick out)."""
     h, w = shape[0], shape[1]
     x1 = int(round(min(max(float(box[0]), 0.0), w - 1)))
@@ -71,7 +72,7 @@ def _box_points(box: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[int, int
 
 
 def label_origin(
-    text_size: tuple[int, int], box_xy: tuple[int, int], shape: tuple[int, ...], pad: int = 2
+    text_size: tuple[int, int], box_xy: tuple[int, int], shape: tuple[int, ...], pad: int = LABEL_PAD
 ) -> tuple[int, int]:
     """Top-left corner of a label's background box so that it stays inside the image.
 
@@ -93,6 +94,25 @@ def label_origin(
     return x, y
 
 
+def label_size(text: str, scale: float) -> tuple[int, int]:
+    """``(width, height)`` of a label's filled background (text plus padding)."""
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, _thickness(scale))
+    return tw + 2 * LABEL_PAD, th + base + 2 * LABEL_PAD
+
+
+def draw_label(img: np.ndarray, text: str, rect: Rect, color: RGB, scale: float,
+               text_color: RGB = TEXT_COLOR) -> None:  # fmt: skip
+    """Draw ``text`` on a filled ``color`` background filling ``rect``, in place."""
+    thick = _thickness(scale)
+    (_, th), _ = cv2.getTextSize(text, FONT, scale, thick)
+    cv2.rectangle(img, (rect.x, rect.y), (rect.x2 - 1, rect.y2 - 1), color, thickness=-1)
+    # dark text on light backgrounds, white text on dark ones
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    fg = (0, 0, 0) if luminance > 150 and text_color == TEXT_COLOR else text_color
+    origin = (rect.x + LABEL_PAD, rect.y + LABEL_PAD + th)
+    cv2.putText(img, text, origin, FONT, scale, fg, thick, cv2.LINE_AA)
+
+
 def put_label(
     image: np.ndarray,
     text: str,
@@ -103,31 +123,36 @@ def put_label(
 ) -> np.ndarray:
     """Draw ``text`` on a filled ``color`` background at a box's top-left corner,
     kept inside the image (see :func:`label_origin`)."""
-    out = _check_image(image)
-    _put_label_inplace(out, text, box_xy, color, scale, text_color)
+    out = check_image(image)
+    scale = font_scale(out.shape) if scale is None else scale
+    bw, bh = label_size(text, scale)
+    x, y = label_origin((bw, bh), box_xy, out.shape)
+    draw_label(out, text, Rect(x, y, bw, bh), color, scale, text_color)
     return out
 
 
-def _put_label_inplace(
+def place_and_draw_labels(
     img: np.ndarray,
-    text: str,
-    box_xy: tuple[int, int],
-    color: RGB,
-    scale: float | None,
-    text_color: RGB = TEXT_COLOR,
-) -> tuple[int, int, int, int]:
+    items: Sequence[tuple[str, np.ndarray, RGB]],
+    placer: LabelPlacer,
+    scale: float | None = None,
+) -> list[Rect | None]:
+    """Place each ``(text, box [4], colour)`` label with ``placer`` (in the given order, so
+    the first ones win the best spots) and draw those that found a free spot, in place.
+
+    Returns:
+        The rectangle of each label, ``None`` for one left out.
+    """
     scale = font_scale(img.shape) if scale is None else scale
-    thick = max(1, int(round(scale * 1.5)))
-    (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
-    pad = 2
-    bw, bh = tw + 2 * pad, th + base + 2 * pad
-    x, y = label_origin((bw, bh), box_xy, img.shape, pad)
-    cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), color, thickness=-1)
-    # dark text on light backgrounds, white text on dark ones
-    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    fg = (0, 0, 0) if luminance > 150 and text_color == TEXT_COLOR else text_color
-    cv2.putText(img, text, (x + pad, y + pad + th), FONT, scale, fg, thick, cv2.LINE_AA)
-    return x, y, bw, bh
+    placed: list[Rect | None] = []
+    for text, box, color in items:
+        (x1, y1), (x2, y2) = box_points(box, img.shape)
+        w, h = label_size(text, scale)
+        rect = placer.place((x1, y1, x2, y2), w, h)
+        if rect is not None:
+            draw_label(img, text, rect, tuple(int(c) for c in color), scale)  # type: ignore[arg-type]
+        placed.append(rect)
+    return placed
 
 
 def draw_boxes(
@@ -142,168 +167,139 @@ def draw_boxes(
 
     Args:
         thickness: line width in pixels; default :func:`line_thickness`.
-        labels: optional text per box (``None`` or ``""`` entries draw no label).
+        labels: optional text per box (``None`` or ``""`` entries draw no label); labels
+            never overlap (one without a free spot is left out).
         alpha: opacity of the lines, ``< 1`` blends them with the image (labels
             are always opaque).
     """
-    out = _check_image(image)
-    arr = _as_boxes(boxes)
+    out = check_image(image)
+    arr = as_boxes(boxes)
     if len(arr) == 0:
         return out
     per_box = isinstance(colors, Sequence) and len(colors) > 0 and isinstance(colors[0], Sequence)
-    cols = list(colors) if per_box else [colors] * len(arr)  # type: ignore[list-item]
+    cols: list[Sequence[int]] = list(colors) if per_box else [colors] * len(arr)  # type: ignore[list-item, arg-type]
     if len(cols) != len(arr):
         raise ValueError(f"draw_boxes: {len(arr)} boxes but {len(cols)} colours")
     t = line_thickness(out.shape) if thickness is None else thickness
     canvas = out.copy() if alpha < 1.0 else out
     for box, col in zip(arr, cols, strict=True):
-        p1, p2 = _box_points(box, out.shape)
+        p1, p2 = box_points(box, out.shape)
         cv2.rectangle(canvas, p1, p2, tuple(int(c) for c in col), t, cv2.LINE_8)
     if alpha < 1.0:
         out = cv2.addWeighted(canvas, alpha, out, 1.0 - alpha, 0.0)
     if labels is not None:
-        for box, col, text in zip(arr, cols, labels, strict=True):
-            if text:
-                p1, _ = _box_points(box, out.shape)
-                _put_label_inplace(out, text, p1, tuple(int(c) for c in col), None)
+        items = [(text, box, col) for box, col, text in zip(arr, cols, labels, strict=True) if text]
+        place_and_draw_labels(out, items, LabelPlacer(out.shape[1], out.shape[0]))  # type: ignore[arg-type]
     return out
+
+
+def legend_panel(
+    width: int,
+    entries: Sequence[LegendEntry],
+    header: str | None = None,
+    scale: float = 0.5,
+) -> tuple[np.ndarray, list[Rect]]:
+    """A legend panel ``width`` px wide: the ``header`` wrapped onto lines, then one swatch +
+    text per entry, flowing left to right and wrapping.
+
+    Returns:
+        ``(panel [h, width, 3] uint8 RGB, rects)``: the rectangle of every header line and
+        entry (swatch and text), in panel pixels; no two overlap.
+    """
+    thick = _thickness(scale)
+    (_, th), base = cv2.getTextSize("Ag", FONT, scale, thick)
+    row_h = th + base + 8
+    sw = th + 2  # swatch side
+    rows: list[list[tuple[int, str, RGB | np.ndarray, int]]] = [[]]
+    x = 6
+    for text, swatch in entries:
+        swatch_w = sw * 5 if isinstance(swatch, np.ndarray) else sw
+        tw = cv2.getTextSize(text, FONT, scale, thick)[0][0]
+        item_w = swatch_w + 4 + tw
+        if rows[-1] and x + item_w > width - 6:
+            rows.append([])
+            x = 6
+        rows[-1].append((x, text, swatch, swatch_w))
+        x += item_w + 14
+    lines = wrap_text(header, width - 12, scale, thick) if header else []
+    if not rows[-1]:
+        rows.pop()
+    panel = np.empty((row_h * (len(lines) + len(rows)) + 6, width, 3), dtype=np.uint8)
+    panel[:] = LEGEND_BG
+    rects: list[Rect] = []
+    y = 4
+    for line in lines:
+        tw = cv2.getTextSize(line, FONT, scale, thick)[0][0]
+        cv2.putText(panel, line, (6, y + th), FONT, scale, TEXT_COLOR, thick, cv2.LINE_AA)
+        rects.append(Rect(6, y, min(tw, width - 6), th + base))
+        y += row_h
+    for row in rows:
+        for x0, text, swatch, swatch_w in row:
+            if isinstance(swatch, np.ndarray):
+                panel[y : y + sw, x0 : x0 + swatch_w] = cv2.resize(swatch, (swatch_w, sw))
+            else:
+                cv2.rectangle(panel, (x0, y), (x0 + sw - 1, y + sw - 1), tuple(int(c) for c in swatch), -1)
+            tx = x0 + swatch_w + 4
+            cv2.putText(panel, text, (tx, y + th), FONT, scale, TEXT_COLOR, thick, cv2.LINE_AA)
+            tw = cv2.getTextSize(text, FONT, scale, thick)[0][0]
+            rects.append(Rect(x0, y, min(tx + tw, width) - x0, max(sw, th + base)))
+        y += row_h
+    return panel, rects
 
 
 def draw_legend(
     image: np.ndarray,
-    entries: Sequence[tuple[str, RGB]],
+    entries: Sequence[LegendEntry],
     header: str | None = None,
 ) -> np.ndarray:
-    """Append a legend panel below the image: an optional header line, then one
-    colour swatch + text per entry, flowing left to right and wrapping.
+    """Append a legend panel (:func:`legend_panel`) below the image.
 
     Returns an image of shape ``[H + panel_height, W, 3]``; the top ``H`` rows are
     the input image unchanged.
     """
-    img = _check_image(image)
-    h, w = img.shape[:2]
-    scale = font_scale(img.shape)
-    thick = max(1, int(round(scale * 1.5)))
-    (_, th), base = cv2.getTextSize("Ag", FONT, scale, thick)
-    row_h = th + base + 8
-    sw = th + 2  # swatch side
-    # lay out entries into rows
-    rows: list[list[tuple[int, str, RGB]]] = [[]]
-    x = 6
-    for text, col in entries:
-        tw = cv2.getTextSize(text, FONT, scale, thick)[0][0]
-        item_w = sw + 4 + tw + 14
-        if rows[-1] and x + item_w > w:
-            rows.append([])
-            x = 6
-        rows[-1].append((x, text, col))
-        x += item_w
-    lines = _wrap(header, w - 12, scale, thick) if header else []
-    panel_h = row_h * (len(lines) + len(rows)) + 6
-    panel = np.empty((panel_h, w, 3), dtype=np.uint8)
-    panel[:] = LEGEND_BG
-    y = 4
-    for line in lines:
-        cv2.putText(panel, line, (6, y + th), FONT, scale, TEXT_COLOR, thick, cv2.LINE_AA)
-        y += row_h
-    for row in rows:
-        for x0, text, col in row:
-            cv2.rectangle(panel, (x0, y), (x0 + sw, y + sw), tuple(int(c) for c in col), -1)
-            cv2.putText(panel, text, (x0 + sw + 4, y + th), FONT, scale, TEXT_COLOR, thick, cv2.LINE_AA)
-        y += row_h
+    img = check_image(image)
+    panel, _ = legend_panel(img.shape[1], entries, header, font_scale(img.shape))
     return np.concatenate([img, panel], axis=0)
 
 
-def _wrap(text: str, width: int, scale: float, thick: int) -> list[str]:
-    """Split ``text`` at its " | " separators into lines at most ``width`` px wide (a single
-    part wider than that keeps its own line)."""
+def wrap_text(text: str, width: int, scale: float, thick: int) -> list[str]:
+    """Split ``text`` into lines at most ``width`` px wide: at its ``" | "`` separators first,
+    then, for a part that is still too wide, at its spaces."""
+
+    def fits(s: str) -> bool:
+        return cv2.getTextSize(s, FONT, scale, thick)[0][0] <= width
+
     lines: list[str] = []
     current = ""
     for part in text.split(" | "):
         candidate = f"{current} | {part}" if current else part
-        if current and cv2.getTextSize(candidate, FONT, scale, thick)[0][0] > width:
-            lines.append(current)
-            current = part
-        else:
+        if fits(candidate):
             current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = ""
+        for word in part.split(" "):  # a part too wide on its own goes word by word
+            candidate = f"{current} {word}" if current else word
+            if current and not fits(candidate):
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
     return [*lines, current]
 
 
-def upscale(image: np.ndarray, min_side: int) -> tuple[np.ndarray, float]:
-    """Resize so the shorter side is at least ``min_side`` (tiny inputs get readable
-    labels). Returns ``(image, factor)``; factor 1.0 and a copy when already large."""
+def upscale(image: np.ndarray, min_side: int = 0, min_long_side: int = 0) -> tuple[np.ndarray, float]:
+    """Resize so the shorter side is at least ``min_side`` and the longer one at least
+    ``min_long_side`` (small inputs get crisp lines and readable labels, drawn after the
+    resize). Returns ``(image, factor)``; factor 1.0 and a copy when already large enough."""
     h, w = image.shape[:2]
-    if min_side <= 0 or min(h, w) >= min_side:
+    factor = 1.0
+    if min_side > 0 and min(h, w) > 0:
+        factor = max(factor, min_side / float(min(h, w)))
+    if min_long_side > 0 and max(h, w) > 0:
+        factor = max(factor, min_long_side / float(max(h, w)))
+    if factor <= 1.0:
         return image.copy(), 1.0
-    factor = min_side / float(min(h, w))
     size = (int(round(w * factor)), int(round(h * factor)))
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), factor
-
-
-def draw_mining(
-    image: np.ndarray,
-    *,
-    gt_boxes: np.ndarray | None = None,
-    gt_labels: Sequence[int] | None = None,
-    positive_boxes: np.ndarray | None = None,
-    negative_boxes: np.ndarray | None = None,
-    negative_losses: Sequence[float] | None = None,
-    ignored_boxes: np.ndarray | None = None,
-    ignore_regions: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-    header: str | None = None,
-    label_top: int = 3,
-    min_side: int = 0,
-) -> np.ndarray:
-    """The picture of what a miner chose on one image.
-
-    Layers, bottom to top: ignored anchors (thin, half transparent grey), ignore
-    regions (magenta), positive anchors (blue), mined negatives coloured by loss
-    rank (``negative_boxes`` sorted hardest first; dark red -> pale yellow, the
-    ``label_top`` hardest labelled ``#rank loss``), ground truth (green, thickest,
-    labelled with the class name). A legend panel with ``header`` goes below.
-
-    Args:
-        image: ``[H, W, 3]`` uint8 RGB.
-        gt_boxes: ``[N, 4]``; gt_labels: ``N`` class ids ``1..K``.
-        positive_boxes: ``[P, 4]`` anchors; negative_boxes: ``[Q, 4]`` anchors,
-            hardest first; negative_losses: ``Q`` losses (for the labels).
-        ignored_boxes: ``[I, 4]`` ignored anchors; ignore_regions: ``[M, 4]``.
-        min_side: upscale tiny images first so that labels are readable (boxes
-            are scaled with the image).
-
-    Returns:
-        ``[H' + legend, W', 3]`` uint8 RGB, ``H', W'`` the (possibly upscaled) size.
-    """
-    img, f = upscale(_check_image(image), min_side)
-    gt, pos, neg = _as_boxes(gt_boxes) * f, _as_boxes(positive_boxes) * f, _as_boxes(negative_boxes) * f
-    ign, reg = _as_boxes(ignored_boxes) * f, _as_boxes(ignore_regions) * f
-    t = line_thickness(img.shape)
-    img = draw_boxes(img, ign, IGNORED_COLOR, thickness=1, alpha=0.5)
-    img = draw_boxes(img, reg, IGNORE_REGION_COLOR, thickness=t)
-    img = draw_boxes(img, pos, POSITIVE_COLOR, thickness=t)
-    if len(neg):
-        colors = negative_rank_colors(len(neg))
-        # draw the easiest first so the hardest end up on top
-        img = draw_boxes(img, neg[::-1], colors[::-1], thickness=t)
-        if negative_losses is not None:
-            for r in range(min(label_top, len(neg)) - 1, -1, -1):
-                p1, _ = _box_points(neg[r], img.shape)
-                _put_label_inplace(img, f"#{r + 1} {float(negative_losses[r]):.2f}", p1, colors[r], None)
-    if len(gt):
-        names = []
-        for lab in gt_labels if gt_labels is not None else [0] * len(gt):
-            k = int(lab)
-            names.append(class_names[k - 1] if class_names and 1 <= k <= len(class_names) else str(k))
-        img = draw_boxes(img, gt, GT_COLOR, thickness=t + 1, labels=names)
-    ramp = negative_rank_colors(max(len(neg), 2))
-    entries: list[tuple[str, RGB]] = [
-        ("ground truth", GT_COLOR),
-        ("positive", POSITIVE_COLOR),
-        ("hardest neg", ramp[0]),
-        ("easiest shown", ramp[-1]),
-        ("ignored", IGNORED_COLOR),
-    ]
-    if len(reg):
-        entries.append(("ignore region", IGNORE_REGION_COLOR))
-    return draw_legend(img, entries, header=header)

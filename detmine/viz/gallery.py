@@ -29,6 +29,8 @@ from detmine.structures import Detections, Target
 from detmine.viz.colors import LEGEND_BG, TEXT_COLOR, class_color
 from detmine.viz.draw import FONT, draw_boxes
 
+SOURCE_LONG_SIDE = 800
+
 
 def _intersection_over_area(boxes: Tensor, regions: Tensor) -> Tensor:
     """``[D, 4]`` x ``[M, 4]`` -> ``[D, M]`` intersection area / area of ``boxes``."""
@@ -78,13 +80,17 @@ def false_positive_mask(
 @dataclass
 class GalleryItem:
     """One false positive: its score, class, box (pixels of the image it came
-    from), image id and the rendered tile ``[h, w, 3]`` uint8 RGB."""
+    from), image id, the rendered tile ``[h, w, 3]`` uint8 RGB (crop and caption), the crop
+    alone ``[t, t, 3]`` and its source image with the box drawn, JPEG-encoded (kept small:
+    only the items that make the cut hold one)."""
 
     score: float
     label: int
     box: tuple[float, float, float, float]
     image_id: Any
     tile: np.ndarray
+    crop: np.ndarray | None = None
+    source_jpeg: bytes | None = None
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         name = _class_name(self.label, class_names)
@@ -168,7 +174,10 @@ class HardNegativeGallery:
                 continue
             box = tuple(float(v) for v in boxes_np[i])
             label = int(labels_l[i])
-            item = GalleryItem(score, label, box, image_id, self._tile(image, box, label, score, image_id))  # type: ignore[arg-type]
+            crop = self._crop(image, box, label)  # type: ignore[arg-type]
+            tile = self._caption(crop, label, score, image_id)
+            source = self._source(image, box, label)  # type: ignore[arg-type]
+            item = GalleryItem(score, label, box, image_id, tile, crop, source)  # type: ignore[arg-type]
             self._seen += 1
             entry = (score, -self._seen, item)  # ties: the earlier one stays
             if len(self._heap) < self.max_items:
@@ -186,9 +195,9 @@ class HardNegativeGallery:
         """The kept items as JSON-ready dicts (image id, class, score, box), sorted."""
         return [it.to_dict(self.class_names) for it in self.items]
 
-    def _tile(
-        self, image: np.ndarray, box: tuple[float, ...], label: int, score: float, image_id: Any
-    ) -> np.ndarray:
+    def _crop(self, image: np.ndarray, box: tuple[float, ...], label: int) -> np.ndarray:
+        """The box with its context margin, scaled into a ``tile_size`` square (dark border),
+        the box drawn in its class colour."""
         h, w = image.shape[:2]
         x1, y1, x2, y2 = box
         mx = max((x2 - x1) * self.context, 4.0)
@@ -202,19 +211,40 @@ class HardNegativeGallery:
         f = t / max(crop.shape[0], crop.shape[1])
         nw, nh = max(1, int(round(crop.shape[1] * f))), max(1, int(round(crop.shape[0] * f)))
         resized = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
-        color = class_color(label)
         rel = np.array([[(x1 - cx1) * f, (y1 - cy1) * f, (x2 - cx1) * f, (y2 - cy1) * f]], dtype=np.float32)
-        resized = draw_boxes(resized, rel, color, thickness=2)
-        caption_h = 34
-        tile = np.empty((t + caption_h, t, 3), dtype=np.uint8)
-        tile[:] = LEGEND_BG
+        resized = draw_boxes(resized, rel, class_color(label), thickness=2)
+        square = np.empty((t, t, 3), dtype=np.uint8)
+        square[:] = LEGEND_BG
         oy, ox = (t - nh) // 2, (t - nw) // 2
-        tile[oy : oy + nh, ox : ox + nw] = resized
-        cv2.rectangle(tile, (0, t), (t - 1, t + caption_h - 1), color, 2)
+        square[oy : oy + nh, ox : ox + nw] = resized
+        return square
+
+    def _caption(self, crop: np.ndarray, label: int, score: float, image_id: Any) -> np.ndarray:
+        """The crop with a caption strip below: class, score, image id."""
+        t = crop.shape[1]
+        caption_h = 34
+        color = class_color(label)
+        tile = np.empty((crop.shape[0] + caption_h, t, 3), dtype=np.uint8)
+        tile[:] = LEGEND_BG
+        tile[: crop.shape[0]] = crop
+        y0 = crop.shape[0]
+        cv2.rectangle(tile, (0, y0), (t - 1, y0 + caption_h - 1), color, 2)
         name = _class_name(label, self.class_names)
-        cv2.putText(tile, f"{name} {score:.2f}", (4, t + 14), FONT, 0.42, TEXT_COLOR, 1, cv2.LINE_AA)
-        cv2.putText(tile, f"img {image_id}", (4, t + 28), FONT, 0.36, (190, 190, 190), 1, cv2.LINE_AA)
+        cv2.putText(tile, f"{name} {score:.2f}", (4, y0 + 14), FONT, 0.42, TEXT_COLOR, 1, cv2.LINE_AA)
+        cv2.putText(tile, f"img {image_id}", (4, y0 + 28), FONT, 0.36, (190, 190, 190), 1, cv2.LINE_AA)
         return tile
+
+    def _source(self, image: np.ndarray, box: tuple[float, ...], label: int) -> bytes:
+        """The whole image with the false positive's box, at most ``SOURCE_LONG_SIDE`` px long,
+        at least 512 px (small inputs are upscaled so the box reads), as JPEG bytes."""
+        h, w = image.shape[:2]
+        f = min(SOURCE_LONG_SIDE / max(h, w), max(1.0, 512 / max(h, w)))
+        img = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f)))) if f != 1 else image
+        drawn = draw_boxes(img, np.array([box], np.float32) * f, class_color(label), thickness=3)
+        ok, data = cv2.imencode(
+            ".jpg", np.ascontiguousarray(drawn[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85]
+        )
+        return data.tobytes() if ok else b""
 
     def render(self, columns: int = 8) -> np.ndarray:
         """The gallery as one ``[rows * tile_h, columns * tile_w, 3]`` uint8 RGB image,

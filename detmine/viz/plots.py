@@ -1,10 +1,12 @@
-"""Precision-recall curves drawn with OpenCV (no plotting library needed).
+"""Precision-recall curves drawn with matplotlib (headless Agg canvas, no pyplot state).
 
-:func:`pr_curves_at_iou` pulls the per-class curves out of COCOeval's
-``precision`` array ``[T, R, K, A, M]``; :func:`draw_pr_grid` draws them as a grid
-of small plots, one per class plus a first "mean over classes" plot, each titled
-with the class name and its AP at that IoU (the area under the drawn curve as
-COCO computes it: the mean of the 101 interpolated precisions).
+:func:`pr_curves_at_iou` pulls the per-class curves out of COCOeval's ``precision`` array
+``[T, R, K, A, M]``; :func:`pr_figure` lays them out as a grid of small plots -- "all classes"
+(the mean over the classes, with each class faint behind it) first, then one per class with
+the mean dashed for reference -- each with labelled axes (recall, precision), a title and a
+legend giving the AP at that IoU (the area under the drawn curve as COCO computes it: the mean
+of the 101 interpolated precisions). :func:`draw_pr_grid` renders the figure to an RGB array
+for TensorBoard.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-FONT = cv2.FONT_HERSHEY_SIMPLEX
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+MAX_CLASSES_OVERLAID = 10  # more faint class curves on the first plot would be noise
+CLASS_COLOR = "#1f5fd6"
+MEAN_COLOR = "#444444"
 
 
 def pr_curves_at_iou(precision: np.ndarray, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -46,73 +53,108 @@ def average_precision(curve: np.ndarray) -> float:
     return float(curve[valid].mean()) if valid.any() else float("nan")
 
 
-def _draw_tile(curve: np.ndarray, recall: np.ndarray, title: str, size: tuple[int, int]) -> np.ndarray:
-    tw, th = size
-    tile = np.full((th, tw, 3), 255, dtype=np.uint8)
-    left, right, top, bottom = 30, 8, 22, 20
-    pw, ph = tw - left - right, th - top - bottom
+def mean_curve(p: np.ndarray) -> np.ndarray:
+    """The mean over the classes of ``p [R, K]`` where defined (``-1`` where no class is)."""
+    defined = np.where(p > -1, p, np.nan)
+    with warnings.catch_warnings():  # recall points no class reaches: "mean of empty slice"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(defined, axis=1) if p.shape[1] else np.full(p.shape[0], np.nan)
+    return np.where(np.isnan(mean), -1.0, mean)
 
-    def to_px(x: float, y: float) -> tuple[int, int]:
-        return int(round(left + x * pw)), int(round(top + (1.0 - y) * ph))
 
-    for v in (0.0, 0.5, 1.0):  # grid + tick labels
-        cv2.line(tile, to_px(0, v), to_px(1, v), (225, 225, 225), 1)
-        cv2.line(tile, to_px(v, 0), to_px(v, 1), (225, 225, 225), 1)
-        cv2.putText(tile, f"{v:.1f}", (2, to_px(0, v)[1] + 4), FONT, 0.32, (90, 90, 90), 1, cv2.LINE_AA)
-        x, y = to_px(v, 0)
-        cv2.putText(tile, f"{v:.1f}", (x - 8, y + 13), FONT, 0.32, (90, 90, 90), 1, cv2.LINE_AA)
-    cv2.rectangle(tile, to_px(0, 1), to_px(1, 0), (60, 60, 60), 1)
+def _fmt(ap: float) -> str:
+    return "n/a" if math.isnan(ap) else f"{ap:.3f}"
+
+
+def _plot(ax, recall: np.ndarray, curve: np.ndarray, **kwargs) -> None:  # type: ignore[no-untyped-def]
     valid = curve > -1
-    if valid.any():
-        pts = np.array([to_px(r, p) for r, p in zip(recall[valid], curve[valid], strict=True)], np.int32)
-        cv2.polylines(tile, [pts.reshape(-1, 1, 2)], False, (30, 90, 220), 2, cv2.LINE_AA)
-    scale = 0.4
-    while scale > 0.25 and cv2.getTextSize(title, FONT, scale, 1)[0][0] > tw - 4:
-        scale -= 0.03
-    cv2.putText(tile, title, (3, 15), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return tile
+    ax.plot(recall[valid], curve[valid], **kwargs)
+
+
+def pr_figure(
+    precision: np.ndarray,
+    class_names: Sequence[str],
+    iou: float = 0.5,
+    tile_size: tuple[int, int] = (320, 280),
+    columns: int | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """The grid of precision-recall plots as a matplotlib figure (see the module docstring).
+
+    Args:
+        precision: COCOeval ``precision`` ``[T, R, K, A, M]``.
+        class_names: ``K`` names (index k-1 is class k).
+        iou: IoU threshold of the curves.
+        tile_size: ``(width, height)`` of one plot in pixels.
+        columns: plots per row; default ``ceil(sqrt(K + 1))``, at most 10.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (attached to an Agg canvas); its axes are the
+        plots in order, then hidden spare cells.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recall, p = pr_curves_at_iou(precision, iou)
+    k = p.shape[1]
+    names = list(class_names) + [str(i + 1) for i in range(len(class_names), k)]
+    mean = mean_curve(p)
+    tag = f"AP{int(round(iou * 100))}"
+    cols = columns or min(10, max(1, math.ceil(math.sqrt(k + 1))))
+    rows = math.ceil((k + 1) / cols)
+    tw, th = tile_size
+    fig = Figure(figsize=(cols * tw / dpi, rows * th / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i > k:
+            ax.set_visible(False)
+            continue
+        if i == 0:
+            if k <= MAX_CLASSES_OVERLAID:
+                for c in range(k):
+                    _plot(ax, recall, p[:, c], color=f"C{c % 10}", lw=0.8, alpha=0.45)
+            _plot(
+                ax,
+                recall,
+                mean,
+                color=CLASS_COLOR,
+                lw=2,
+                label=f"mean of classes, {tag} {_fmt(average_precision(mean))}",
+            )
+            ax.set_title(f"all classes (IoU {iou:.2f})", fontsize=9)
+        else:
+            curve = p[:, i - 1]
+            _plot(ax, recall, mean, color=MEAN_COLOR, lw=1, ls="--", label="mean of classes")
+            _plot(ax, recall, curve, color=CLASS_COLOR, lw=2, label=f"{tag} {_fmt(average_precision(curve))}")
+            ax.set_title(names[i - 1], fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower left", fontsize=7, framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+    """Render a figure on its Agg canvas -> ``[H, W, 3]`` uint8 RGB."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def draw_pr_grid(
     precision: np.ndarray,
     class_names: Sequence[str],
     iou: float = 0.5,
-    tile_size: tuple[int, int] = (220, 180),
+    tile_size: tuple[int, int] = (320, 280),
     columns: int | None = None,
 ) -> np.ndarray:
-    """A grid of precision-recall plots: "all classes" (mean of the defined
-    per-class precisions) first, then one per class in class order.
-
-    Args:
-        precision: COCOeval ``precision`` ``[T, R, K, A, M]``.
-        class_names: ``K`` names (index k-1 is class k).
-        iou: IoU threshold of the curves.
-        tile_size: ``(width, height)`` of one plot.
-        columns: plots per row; default ``ceil(sqrt(K + 1))``, at most 10.
-
-    Returns:
-        ``[rows * h, columns * w, 3]`` uint8 RGB image, white background.
-    """
-    recall, p = pr_curves_at_iou(precision, iou)
-    k = p.shape[1]
-    names = list(class_names) + [str(i + 1) for i in range(len(class_names), k)]
-    defined = np.where(p > -1, p, np.nan)
-    with warnings.catch_warnings():  # recall points no class reaches: "mean of empty slice"
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_curve = np.nanmean(defined, axis=1) if k else np.full(len(recall), np.nan)
-    mean_curve = np.where(np.isnan(mean_curve), -1.0, mean_curve)
-    curves = [mean_curve] + [p[:, i] for i in range(k)]
-    titles = [f"all classes  AP{int(round(iou * 100))} {_fmt(average_precision(mean_curve))}"]
-    titles += [f"{names[i]}  {_fmt(average_precision(p[:, i]))}" for i in range(k)]
-    cols = columns or min(10, max(1, math.ceil(math.sqrt(len(curves)))))
-    rows = math.ceil(len(curves) / cols)
-    tw, th = tile_size
-    grid = np.full((rows * th, cols * tw, 3), 255, dtype=np.uint8)
-    for i, (curve, title) in enumerate(zip(curves, titles, strict=True)):
-        r, c = divmod(i, cols)
-        grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = _draw_tile(curve, recall, title, tile_size)
-    return grid
-
-
-def _fmt(ap: float) -> str:
-    return "n/a" if math.isnan(ap) else f"{ap:.3f}"
+    """:func:`pr_figure` rendered: ``[rows * h, columns * w, 3]`` uint8 RGB, white background."""
+    return figure_to_rgb(pr_figure(precision, class_names, iou, tile_size, columns))

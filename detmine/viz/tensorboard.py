@@ -4,13 +4,15 @@
 (no tensor work, no host sync) unless ``period > 0 and iteration % period == 0``.
 When it logs, it writes (``<p>`` is the prefix, ``"mining"`` by default):
 
-Images (one per image of the batch, the first ``num_images``), HWC RGB:
-    ``<p>/images/<i>``  the input image with ground truth (green), positive anchors
+Images (one per image of the batch, the first ``num_images``), HWC RGB, long side >= 512:
+    ``<p>/images/<i>``  left, the input image with ground truth (green), positive anchors
         (blue), the ``top_k`` highest-loss mined negatives coloured by loss rank
-        (dark red = hardest -> pale yellow), ignored anchors (thin grey) and a
-        legend panel with the counts of the image. For the ``all`` miner and the
-        focal path every non-ignored anchor counts, so these are simply the
-        highest-loss negatives.
+        (dark red = hardest -> pale yellow), ignored anchors (thin grey), labels that never
+        overlap; right, the heat map of the counted negatives' loss per anchor location
+        (``heat_map``: merged over the levels, per level, or off); below, a legend whose
+        caption says where the negatives' loss goes (:func:`detmine.viz.captions.mining_caption`:
+        with the ``all`` miner the share held by the top 1% / 10% of the negatives, with a
+        real miner how many it kept and the share of the negatives' loss they hold).
 
 Histograms (over every anchor of the batch):
     ``<p>/hist/neg_loss_all``    per-anchor classification loss of all negatives
@@ -41,7 +43,7 @@ The evaluation's pictures (COCO table, per-class AP, precision-recall curves) ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -51,7 +53,9 @@ from detmine.errors import ConfigError
 from detmine.mining.record import MiningRecord
 from detmine.periodic import is_due
 from detmine.structures import HeadOutputs, Target
-from detmine.viz.draw import draw_mining
+from detmine.viz.captions import mining_caption
+from detmine.viz.heatmap import location_losses
+from detmine.viz.mining_picture import HeatMode, MiningPicture, draw_mining_picture
 
 
 def _background_only(targets: Sequence[Target], device: torch.device) -> Tensor:
@@ -112,7 +116,7 @@ def image_to_numpy(image: Tensor, size: tuple[int, int] | None = None) -> np.nda
     return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
 
 
-def render_mining_image(
+def render_mining_picture(
     image: Tensor,
     target: Target,
     anchors: Tensor,
@@ -122,9 +126,13 @@ def render_mining_image(
     top_k: int = 20,
     class_names: Sequence[str] | None = None,
     max_ignored: int = 200,
-    min_side: int = 256,
-) -> np.ndarray:
-    """Draw what the miner chose on image ``index`` of a batch (see :func:`draw_mining`).
+    min_long_side: int = 512,
+    level_counts: Sequence[int] | None = None,
+    heat_map: HeatMode = "merged",
+) -> MiningPicture:
+    """Draw what the miner chose on image ``index`` of a batch (see
+    :func:`detmine.viz.mining_picture.draw_mining_picture`): the boxes beside the heat map of
+    the counted negatives' loss, captioned by :func:`detmine.viz.captions.mining_caption`.
 
     Args:
         image: ``[3, H, W]`` the padded batch image; cropped to ``target["input_size"]``.
@@ -134,10 +142,13 @@ def render_mining_image(
         top_k: how many of the highest-loss mined negatives to draw.
         max_ignored: at most this many ignored anchors are drawn (evenly
             subsampled: thousands of grey boxes would hide the picture).
-        min_side: upscale smaller images so labels stay readable.
+        min_long_side: upscale smaller images (longer side) before drawing.
+        level_counts: anchors per pyramid level (``HeadOutputs.level_counts``); ``None``: the
+            anchors are one level.
+        heat_map: ``"merged"``, ``"levels"`` (one heat panel per level) or ``"off"``.
 
     Returns:
-        ``[H', W', 3]`` uint8 RGB picture with its legend panel.
+        The :class:`MiningPicture` (its ``image``: ``[H', W', 3]`` uint8 RGB).
     """
     labels = record.labels[index]
     neg_idx, neg_loss = record.top_negatives(index, top_k, mined_only=True)
@@ -146,15 +157,15 @@ def render_mining_image(
     n_ign = int(ign_idx.numel())
     if n_ign > max_ignored:
         ign_idx = ign_idx[torch.linspace(0, n_ign - 1, max_ignored, device=ign_idx.device).long()]
-    counts = torch.stack(
-        [(labels > 0).sum(), (labels == 0).sum(), record.mined_negatives[index].sum()]
-    ).tolist()
-    header = (
-        f"image {target.get('image_id', index)}: pos {counts[0]} | mined neg {counts[2]} of {counts[1]}"
-        f" | ignored {n_ign} | top {len(neg_idx)} shown"
-    )
+    header = mining_caption(
+        labels, record.selected[index], record.cls_loss[index],
+        image_id=target.get("image_id", index), shown=len(neg_idx),
+    )  # fmt: skip
+    levels = None
+    if heat_map != "off":
+        levels = location_losses(anchors, level_counts, record.cls_loss[index], record.mined_negatives[index])
     size = target.get("input_size")
-    return draw_mining(
+    return draw_mining_picture(
         image_to_numpy(image, size),
         gt_boxes=target["boxes"].detach().cpu().numpy(),
         gt_labels=target["labels"].detach().cpu().tolist(),
@@ -165,8 +176,15 @@ def render_mining_image(
         ignore_regions=target["ignore_boxes"].detach().cpu().numpy() if "ignore_boxes" in target else None,
         class_names=class_names,
         header=header,
-        min_side=min_side,
+        min_long_side=min_long_side,
+        heat=levels,
+        heat_mode=heat_map,
     )
+
+
+def render_mining_image(*args: Any, **kwargs: Any) -> np.ndarray:
+    """:func:`render_mining_picture`'s image alone (``[H', W', 3]`` uint8 RGB)."""
+    return render_mining_picture(*args, **kwargs).image
 
 
 class MiningVisualizer:
@@ -180,7 +198,10 @@ class MiningVisualizer:
         top_k: mined negatives drawn per image (hardest first).
         class_names: ``K`` names (index k-1 is class k) for the GT labels.
         max_ignored: ignored anchors drawn per image at most.
-        min_side: small images are upscaled to this shorter side before drawing.
+        min_long_side: small images are upscaled to this longer side before drawing.
+        heat_map: the heat map of the counted negatives' loss beside the boxes:
+            ``"merged"`` (the pyramid levels summed), ``"levels"`` (one panel per level) or
+            ``"off"``.
         prefix: tag prefix.
     """
 
@@ -193,7 +214,8 @@ class MiningVisualizer:
         class_names: Sequence[str] | None = None,
         *,
         max_ignored: int = 200,
-        min_side: int = 256,
+        min_long_side: int = 512,
+        heat_map: HeatMode = "merged",
         prefix: str = "mining",
     ) -> None:
         for name, value in (("period", period), ("num_images", num_images), ("top_k", top_k)):
@@ -205,7 +227,10 @@ class MiningVisualizer:
         self.top_k = top_k
         self.class_names = list(class_names) if class_names else None
         self.max_ignored = max_ignored
-        self.min_side = min_side
+        if heat_map not in get_args(HeatMode):
+            raise ConfigError(f"vis.heat_map must be one of {list(get_args(HeatMode))}, got {heat_map!r}")
+        self.min_long_side = min_long_side
+        self.heat_map = heat_map
         self.prefix = prefix
 
     @property
@@ -268,7 +293,9 @@ class MiningVisualizer:
                 top_k=self.top_k,
                 class_names=self.class_names,
                 max_ignored=self.max_ignored,
-                min_side=self.min_side,
+                min_long_side=self.min_long_side,
+                level_counts=outputs.level_counts,
+                heat_map=self.heat_map,
             )
             w.add_image(f"{p}/images/{i}", picture, iteration, dataformats="HWC")
 

@@ -7,12 +7,12 @@ from detmine.viz.draw import (
     FONT,
     draw_boxes,
     draw_legend,
-    draw_mining,
     font_scale,
     label_origin,
     line_thickness,
     put_label,
 )
+from detmine.viz.mining_picture import draw_mining
 
 RED = (255, 0, 0)
 

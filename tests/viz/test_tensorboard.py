@@ -12,7 +12,7 @@ from detmine.evaluation.evaluator import EvalResult
 from detmine.evaluation.report import log_evaluation
 from detmine.mining.record import MiningRecord
 from detmine.structures import HeadOutputs
-from detmine.viz.plots import draw_pr_grid
+from detmine.viz.plots import draw_pr_grid, pr_figure
 from detmine.viz.tensorboard import (
     MiningVisualizer,
     mining_statistics,
@@ -139,12 +139,15 @@ def test_logs_every_tag_with_sane_content(tmp_path):
         events = ea.Images(f"mining/images/{i}")
         assert [e.step for e in events] == [0, 5, 10]
         expected = render_mining_image(
-            images[i], targets[i], outputs.anchors, record, i, top_k=6, class_names=CLASSES
-        )
+            images[i], targets[i], outputs.anchors, record, i, top_k=6, class_names=CLASSES,
+            level_counts=outputs.level_counts,
+        )  # fmt: skip
         assert (events[0].height, events[0].width) == expected.shape[:2]
         np.testing.assert_array_equal(_decode(events[0]), expected)
-    # image 1 was padded: the picture is cropped to its input width 48, upscaled to >= 256
-    assert ea.Images("mining/images/1")[0].width == 256 and ea.Images("mining/images/0")[0].width == 256
+    # image 1 was padded: the picture is cropped to its input width 48, upscaled to a long side
+    # of 512 (-> 384 x 512), boxes and heat map side by side with a 6 px gap
+    assert ea.Images("mining/images/1")[0].width == 2 * 384 + 6
+    assert ea.Images("mining/images/0")[0].width == 2 * 512 + 6
 
     # histograms: counts equal the number of anchors of that kind
     fg = outputs.foreground_scores()
@@ -232,6 +235,8 @@ def test_bad_settings_are_config_errors():
         MiningVisualizer(None, period=-1)
     with pytest.raises(ConfigError, match="vis.top_k"):
         MiningVisualizer(None, period=1, top_k=2.5)
+    with pytest.raises(ConfigError, match="vis.heat_map must be one of"):
+        MiningVisualizer(None, period=1, heat_map="per_level")
     with pytest.raises(TypeError, match="cls_activation"):  # the outputs say it
         MiningVisualizer(None, period=1, cls_activation="softmax")
 
@@ -300,13 +305,30 @@ def test_pr_grid_draws_each_class_curve():
     result = _eval_result(k=2)
     p = result.precision.copy()
     p[0, :, 0, 0, -1] = 1.0  # class "cat": perfect precision at IoU 0.5 -> AP 1
-    grid = draw_pr_grid(p, ["cat", "dog"], tile_size=(220, 180))
-    assert grid.shape == (2 * 180, 2 * 220, 3)  # mean + 2 classes -> 2x2
-    cat_tile = grid[0:180, 220:440]
-    curve_blue = (cat_tile[..., 2] > 150) & (cat_tile[..., 0] < 100)
-    ys = np.where(curve_blue.any(axis=1))[0]
-    assert ys.min() <= 23 and ys.max() <= 26  # a flat line at precision 1.0 (top of the plot area)
-    assert grid[180:, 220:].min() == 255  # the unused 4th cell stays white
+    fig = pr_figure(p, ["cat", "dog"], tile_size=(300, 250))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3 and len(fig.axes) == 4  # mean + 2 classes in a 2 x 2 grid, one spare
+    for ax in axes:
+        assert ax.get_xlabel() == "recall" and ax.get_ylabel() == "precision"
+        assert ax.get_legend() is not None
+    assert [ax.get_title() for ax in axes] == ["all classes (IoU 0.50)", "cat", "dog"]
+    cat = axes[1]
+    legend = [t.get_text() for t in cat.get_legend().get_texts()]
+    assert legend == ["mean of classes", "AP50 1.000"]
+    curve = cat.get_lines()[-1]
+    np.testing.assert_allclose(curve.get_xdata(), np.linspace(0, 1, 101))
+    np.testing.assert_allclose(curve.get_ydata(), 1.0)
+    grid = draw_pr_grid(p, ["cat", "dog"], tile_size=(300, 250))
+    assert grid.shape == (2 * 250, 2 * 300, 3) and grid.dtype == np.uint8
+    assert grid[260:, 310:].min() == 255  # the unused 4th cell stays white
+
+
+def test_pr_curves_are_drawn_with_matplotlib_not_opencv():
+    import inspect
+
+    import detmine.viz.plots as plots
+
+    assert "cv2" not in inspect.getsource(plots)
 
 
 def test_trainer_logs_mining_and_evaluation_end_to_end(tmp_path):

@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
     return tmp, config, ckpt, dataset
 
 
-def test_writes_pictures_gallery_and_tensorboard(setup, capsys, load_tool):
+def test_writes_pictures_gallery_and_tensorboard(setup, capsys, load_tool, check_page):
     tmp, config, ckpt, dataset = setup
     out, logdir = tmp / "out", tmp / "tb"
     # an untrained focal head scores ~0.01 (prior), so a low threshold gives false positives
@@ -56,7 +56,8 @@ def test_writes_pictures_gallery_and_tensorboard(setup, capsys, load_tool):
     pngs = sorted((out / "negatives").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:04d}_img{dataset.image_ids[i]}.png" for i in range(3)]
     img = cv2.imread(str(pngs[0]))
-    assert img.shape[1] == 256 and img.shape[0] > 256  # 64 px input upscaled for readability + legend
+    # 64 px input upscaled to 512 for readability, the heat map beside it, the legend below
+    assert img.shape[1] == 2 * 512 + 6 and img.shape[0] > 512
 
     gallery = cv2.imread(str(out / "gallery.png"))
     items = json.loads((out / "gallery.json").read_text())
@@ -65,6 +66,8 @@ def test_writes_pictures_gallery_and_tensorboard(setup, capsys, load_tool):
     assert scores == sorted(scores, reverse=True) and min(scores) >= 0.005
     assert {it["image_id"] for it in items} <= set(dataset.image_ids)
     assert gallery.shape[1] == 160 * min(len(items), 8)
+    page = check_page(out / "gallery" / "index.html")  # every crop and source linked, offline
+    assert len(page.images) == len(items) and len(set(page.links)) == len(items)
 
     ea = EventAccumulator(str(logdir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     ea.Reload()

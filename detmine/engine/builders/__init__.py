@@ -26,6 +26,7 @@ from detmine.engine.builders.data import (
 from detmine.engine.builders.model import (
     DetectorWeights,
     build_criterion_from_config,
+    build_matcher_from_config,
     build_model_from_config,
     detector_for_split,
     load_detector,
@@ -49,6 +50,7 @@ __all__ = [
     "build_dataset_split",
     "build_datasets",
     "build_hooks",
+    "build_matcher_from_config",
     "build_model_from_config",
     "build_optimization",
     "build_train_loader",

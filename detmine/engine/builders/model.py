@@ -117,6 +117,15 @@ def build_criterion_from_config(cfg: Config, model: nn.Module, facts: Any = None
     )
 
 
+def build_matcher_from_config(cfg: Config, model: Any) -> Any:
+    """The run's matcher: the ``matching`` section (unset: the head's preset) for ``model``'s
+    head, as the criterion builds it."""
+    from detmine.matching import build_matcher
+
+    options = {k: v for k, v in cfg.matching.matcher_options().items() if v is not None}
+    return build_matcher(options.pop("preset", None), cls_activation=model.cls_activation, **options)
+
+
 def training_set_facts(cfg: Config, model: Any, train_set: Any = None) -> Any:
     """The training split's counts (:class:`detmine.analysis.DatasetFacts`) for a loss or miner
     that asks for them: class counts from the annotations, and the run's matcher over the
@@ -125,11 +134,9 @@ def training_set_facts(cfg: Config, model: Any, train_set: Any = None) -> Any:
     from detmine.analysis import DatasetFacts, EvalGeometry, count_anchor_labels
     from detmine.data.transforms import build_transforms
     from detmine.engine.builders.data import eval_transform_options
-    from detmine.matching import build_matcher
 
     def count_anchors(dataset: Any) -> Any:
-        options = {k: v for k, v in cfg.matching.matcher_options().items() if v is not None}
-        matcher = build_matcher(options.pop("preset", None), cls_activation=model.cls_activation, **options)
+        matcher = build_matcher_from_config(cfg, model)
         transform = build_transforms("eval", cfg.data.image_size, **eval_transform_options(cfg))
         return count_anchor_labels(
             dataset,
