@@ -8,9 +8,10 @@ Runs a tiny detector's training step (forward, criterion, backward, SGD step) on
 synthetic batch -- data loading is not what is measured -- alternating step by step
 between two set-ups (so load from other processes hits both alike):
 
-- ``off``: ``MiningVisualizer(writer, period=0).maybe_log(...)`` every step (an upper bound of
+- ``off``: ``MiningVisualizer(storage, period=0).maybe_log(...)`` every step (an upper bound of
   the trainer's cost with ``vis.period: 0``, where no ``mining_vis`` hook is built at all);
-- ``on``: the same with ``period``, writing to a temporary TensorBoard folder;
+- ``on``: the same with ``period``; as in the trainer, the event storage is drained into a
+  ``TensorBoardWriter`` (a temporary folder) after every step, so encoding is included;
 
 and times one ``log`` call on its own. Reports the mean step time of each, the measured
 overhead, and the overhead implied at ``period``: ``log_time / (period * step_time)``
@@ -26,9 +27,9 @@ import tempfile
 import time
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from detmine.criterion import build_criterion
+from detmine.engine.events import EventStorage, TensorBoardWriter
 from detmine.modeling import build_model
 from detmine.viz.tensorboard import MiningVisualizer
 
@@ -82,11 +83,14 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images, targets = fake_batch(args.batch_size, args.image_size, args.num_classes, device)
     names = [f"class{k}" for k in range(1, args.num_classes + 1)]
-    logdir = tempfile.mkdtemp(prefix="vis_overhead_")
-    writer = SummaryWriter(logdir)
+    # the trainer's path: the visualiser writes into the event storage, the writer hook drains it
+    # into the run's TensorBoard writer after every step (pictures encoded there)
+    board = TensorBoardWriter(tempfile.mkdtemp(prefix="vis_overhead_"))
+    board.start(0, args.iters)
+    storage = EventStorage()
     vis = {
-        "off": MiningVisualizer(writer, period=0),
-        "on": MiningVisualizer(writer, period=args.period, class_names=names),
+        "off": MiningVisualizer(storage, period=0),
+        "on": MiningVisualizer(storage, period=args.period, class_names=names),
     }
     state = {"it": 1}  # start at 1 so that a round of `period` steps logs exactly once per period
 
@@ -97,6 +101,7 @@ def main() -> None:
         sum(losses.values()).backward()
         optimizer.step()
         v.maybe_log(state["it"], images, targets, outputs, record)
+        board.write(storage.drain(), state["it"])
         state["it"] += 1
         return outputs, record
 
@@ -121,9 +126,10 @@ def main() -> None:
         sync(device)
         t0 = time.perf_counter()
         vis["on"].log(10_000 + i, images, targets, outputs, record)
+        board.write(storage.drain(), 10_000 + i)
         sync(device)
         log_times.append(time.perf_counter() - t0)
-    writer.close()
+    board.close()
 
     off, on = statistics.fmean(times["off"]), statistics.fmean(times["on"])
     log_t = statistics.median(log_times)

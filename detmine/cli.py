@@ -70,17 +70,24 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument(
         "checkpoint", help="a detmine checkpoint (.pth), an exported .safetensors or a bare model state dict"
     )
+    add_weights_arguments(parser)
+    parser.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
+    )
+    return add_common_arguments(parser)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--weights`` (auto / ema / model) and ``--trust-checkpoint``: how a tool reads a
+    checkpoint it is given; returns the parser."""
     parser.add_argument(
         "--weights",
         default="auto",
         choices=("auto", "ema", "model"),
         help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
     )
-    parser.add_argument(
-        "--device", default=None, choices=("auto", "cpu", "cuda"), help="default: train.device"
-    )
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    return add_common_arguments(parser)
+    return parser
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detmine.cli import TRUST_HELP, add_common_arguments, add_overrides_argument, run_tool
+from detmine.cli import add_common_arguments, add_overrides_argument, add_weights_arguments, run_tool
 from detmine.errors import ConfigError
 
 
@@ -55,13 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also run this model and the recipe's criterion over the split: the real selection",
     )
-    parser.add_argument(
-        "--weights",
-        default="auto",
-        choices=("auto", "ema", "model"),
-        help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
-    )
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_weights_arguments(parser)
     parser.add_argument(
         "--max-images",
         type=int,

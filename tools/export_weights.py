@@ -16,20 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detmine.cli import TRUST_HELP, add_common_arguments, import_tool_plugins, run_tool
+from detmine.cli import add_common_arguments, add_weights_arguments, import_tool_plugins, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a detmine checkpoint (.pth) or a bare model state dict")
     parser.add_argument("out", help="the .safetensors file to write")
-    parser.add_argument(
-        "--weights",
-        default="auto",
-        choices=("auto", "ema", "model"),
-        help="which weights of the checkpoint: the EMA when it has one (auto), or the raw model",
-    )
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_weights_arguments(parser)
     add_common_arguments(parser)
     return parser.parse_args(argv)
 

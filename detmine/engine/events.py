@@ -156,6 +156,47 @@ def append_all_or_nothing(path: Path, text: str, *, what: str) -> None:
         raise write_error(path, exc, what) from None
 
 
+#: JPEG quality of the TensorBoard pictures: at >= 512 px (issue 17) PIL's PNG encoding in
+#: ``SummaryWriter.add_image`` took ~0.4 s per picture, JPEG at this quality ~10 ms, with no
+#: artefact visible around the 1-2 px box lines and labels (bench/vis_overhead.py).
+TENSORBOARD_JPEG_QUALITY = 92
+
+
+def jpeg_image_summary(tag: str, image: Any, dataformats: str = "CHW") -> Any:
+    """A TensorBoard image ``Summary`` holding ``image`` as a JPEG, or None where the fast path
+    does not apply (anything but a 3-channel ``uint8`` image in ``HWC`` / ``CHW``: those go
+    through ``SummaryWriter.add_image``, which scales floats and handles grey / RGBA).
+    TensorBoard's image plugin serves the bytes with the MIME type it detects, JPEG included.
+
+    Args:
+        image: ``[H, W, 3]`` (``HWC``) or ``[3, H, W]`` (``CHW``) uint8 RGB, numpy or torch.
+    """
+    import numpy as np
+
+    if dataformats not in ("HWC", "CHW"):
+        return None
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3:
+        return None
+    if dataformats == "CHW":
+        array = array.transpose(1, 2, 0)
+    if array.shape[2] != 3:
+        return None
+    import cv2
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    bgr = np.ascontiguousarray(array[:, :, ::-1])
+    # no chroma subsampling: thin coloured box lines and labels keep their colour
+    options = [cv2.IMWRITE_JPEG_QUALITY, TENSORBOARD_JPEG_QUALITY]
+    options += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, encoded = cv2.imencode(".jpg", bgr, options)
+    if not ok:
+        return None
+    height, width = array.shape[:2]
+    picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encoded.tobytes())
+    return Summary(value=[Summary.Value(tag=tag, image=picture)])
+
+
 class TensorBoardWriter(EventWriter):
     """A ``torch.utils.tensorboard.SummaryWriter`` in the run folder, opened by :meth:`start`."""
 
@@ -179,7 +220,11 @@ class TensorBoardWriter(EventWriter):
         for tag, values, step in events.histograms:
             w.add_histogram(tag, values.cpu() if hasattr(values, "cpu") else values, step)
         for tag, image, step, dataformats in events.images:
-            w.add_image(tag, image, step, dataformats=dataformats)
+            summary = jpeg_image_summary(tag, image, dataformats)
+            if summary is None:
+                w.add_image(tag, image, step, dataformats=dataformats)
+            else:
+                w._get_file_writer().add_summary(summary, step)
         for tag, text, step in events.texts:
             w.add_text(tag, text, step)
 
