@@ -64,7 +64,7 @@ def config_differences(saved: dict[str, Any], wanted: Config) -> str:
     numbers ("" when nothing does). The VOC class names a run discovered and saved count as the
     grid's unset value."""
     changes = diff_configs(saved, config_to_dict(wanted))
-    items = {**changes.free, **changes.length, **changes.other}
+    items = {**changes.free, **changes.length, **changes.precision, **changes.other}
     kept = {
         k: v
         for k, v in items.items()

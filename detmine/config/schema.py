@@ -231,8 +231,14 @@ class TrainConfig:
     warmup_iters: int = 500
     warmup_factor: float = 0.001
     clip_grad_norm: float = 0.0
-    #: mixed precision on GPU ("bf16" | "fp16" with a GradScaler | "off"); CPU runs fp32.
-    amp: Literal["bf16", "fp16", "off"] = "bf16"
+    #: mixed precision of the training forward: "auto" (bf16 on CUDA, fp32 on the CPU), "bf16"
+    #: (bfloat16 autocast, on CUDA and on the CPU), "fp16" (float16 autocast with a GradScaler;
+    #: CUDA, and the CPU where torch supports it) or "off" (fp32). The losses run in fp32.
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    #: ``torch.compile`` the training forward (the first step compiles; without a working
+    #: compiler the run warns once and stays eager); null = false, so a config from before
+    #: this key compares equal. Evaluation and checkpoints are unchanged.
+    compile: bool | None = None
     ema: bool = False
     ema_decay: float = 0.9998
     #: EMA decay ramps up as ``decay * (1 - exp(-updates / ema_tau))``.

@@ -60,12 +60,15 @@ __all__ = [
     "load_model_state",
     "save_checkpoint",
     "select_weights",
+    "strip_compiled_prefix",
     "validate_checkpoint",
 ]
 
 LATEST_POINTER = "latest"
 BEST = "best.pth"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+#: the prefix ``torch.compile``'s wrapper module puts before every key of its state dict.
+COMPILED_PREFIX = "_orig_mod."
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -252,10 +255,26 @@ class CheckpointManager:
         return remove_stale_tmp(self.directory)
 
 
+def strip_compiled_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` without the ``_orig_mod.`` prefix a ``torch.compile``'d module's keys
+    carry (detmine saves the eager module's keys; this reads weights saved by other code).
+    Only when every key has the prefix; otherwise the same dict."""
+    keys = list(state_dict)
+    if not keys or not all(isinstance(k, str) and k.startswith(COMPILED_PREFIX) for k in keys):
+        return state_dict
+    return {k[len(COMPILED_PREFIX) :]: v for k, v in state_dict.items()}
+
+
 def select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
     """``(model state dict, "ema" | "model")`` to evaluate from a loaded checkpoint
     (``which``: auto = the EMA when the checkpoint has one, as the trainer evaluates). An
-    exported ``.safetensors`` file holds one set of weights; ``auto`` or its own kind selects it."""
+    exported ``.safetensors`` file holds one set of weights; ``auto`` or its own kind selects it.
+    Keys of a ``torch.compile``'d module lose their ``_orig_mod.`` prefix."""
+    weights, chosen = _select_weights(state, which, path)
+    return strip_compiled_prefix(weights), chosen
+
+
+def _select_weights(state: dict[str, Any], which: str, path: str) -> tuple[dict[str, Any], str]:
     if "model" not in state:  # a bare state dict
         if which == "ema":
             raise CheckpointError(
@@ -307,12 +326,15 @@ def load_model_state(
     Partial (``partial=True``, fine-tuning with another number of classes): every tensor whose
     name and shape fit is loaded, the rest of the checkpoint is ignored; returns the model keys
     that keep their current values (shape mismatch or absent from the checkpoint), model order.
-    BatchNorm's ``num_batches_tracked`` counters may be absent in either mode.
+    BatchNorm's ``num_batches_tracked`` counters may be absent in either mode; the keys of a
+    ``torch.compile``'d module (``_orig_mod.`` before each) load like the eager module's.
 
     Raises:
         CheckpointError: strict mode and a mismatch, or (partial) not a single tensor fits.
     """
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: its eager module
     expected = model.state_dict()
+    state_dict = strip_compiled_prefix(dict(state_dict))
     counter = "num_batches_tracked"
     mismatched = [
         k

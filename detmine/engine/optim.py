@@ -141,16 +141,22 @@ class WarmupScheduler:
         self._apply()
 
 
+def _eager(model: nn.Module) -> nn.Module:
+    """The module behind ``torch.compile``'s wrapper (any other module as it is)."""
+    return getattr(model, "_orig_mod", model)
+
+
 class ModelEMA:
     """Exponential moving average of a model's parameters and buffers.
 
     ``decay`` ramps up as ``decay * (1 - exp(-updates / tau))`` so the average is not
     dominated by the random initialisation early on. Float tensors are averaged; integer
-    buffers (BatchNorm's ``num_batches_tracked``) are copied.
+    buffers (BatchNorm's ``num_batches_tracked``) are copied. A ``torch.compile``'d model is
+    averaged through its eager module, so the EMA's state dict has the eager keys.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, tau: float = 2000.0) -> None:
-        self.module = copy.deepcopy(model).eval()
+        self.module = copy.deepcopy(_eager(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
@@ -166,7 +172,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.current_decay()
-        source = model.state_dict()
+        source = _eager(model).state_dict()
         for name, ema_value in self.module.state_dict().items():
             value = source[name].detach()
             if ema_value.dtype.is_floating_point:

@@ -7,9 +7,12 @@ is compared with it key by key (dotted keys, free-form option dicts included):
   ``output_dir``, ``eval.*``, ``vis.*``, the ``hooks`` and ``plugins`` lists (the components a
   run uses are named in their own keys, which are compared), any period (``train.log_period``,
   ``train.checkpoint_period``, a hook's ``period``), ``train.keep_last``, ``data.num_workers``
-  (the batches do not depend on the worker count) and ``train.resume`` itself;
+  (the batches do not depend on the worker count), ``train.compile`` (how the forward runs, not
+  what it computes) and ``train.resume`` itself;
 - **changed with a warning** (:data:`LENGTH_KEYS`): ``train.max_iters`` / ``train.epochs``
-  -- the schedule is re-stretched over the new length;
+  -- the schedule is re-stretched over the new length; ``train.amp`` (:data:`PRECISION_KEYS`)
+  -- the steps from here run in the new precision (a checkpoint of detmine <= 0.2 says
+  ``amp: bf16``, which meant fp32 on the CPU: resumed with today's ``auto`` it goes on in fp32);
 - **anything else** is refused with one line listing each key and both values, unless the
   user passes ``--allow-config-change``; then the new values are used (a changed
   ``train.lr`` rescales the schedule's base learning rates, a changed optimizer starts from a
@@ -29,9 +32,11 @@ FREE_KEYS = (
     "train.checkpoint_period",
     "train.keep_last",
     "train.resume",
+    "train.compile",
     "data.num_workers",
 )
 LENGTH_KEYS = ("train.max_iters", "train.epochs")
+PRECISION_KEYS = ("train.amp",)
 
 _MISSING = "<unset>"
 
@@ -68,6 +73,7 @@ class ConfigChanges:
 
     free: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     length: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    precision: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     other: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def describe(self, kind: str = "other") -> str:
@@ -77,7 +83,7 @@ class ConfigChanges:
     @property
     def recorded(self) -> dict[str, tuple[Any, Any]]:
         """The changes worth a line in config.yaml (what affects the weights)."""
-        return {**self.length, **self.other}
+        return {**self.length, **self.precision, **self.other}
 
 
 def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> ConfigChanges:
@@ -92,6 +98,8 @@ def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> ConfigChange
             changes.free[key] = (a, b)
         elif key in LENGTH_KEYS:
             changes.length[key] = (a, b)
+        elif key in PRECISION_KEYS:
+            changes.precision[key] = (a, b)
         else:
             changes.other[key] = (a, b)
     return changes

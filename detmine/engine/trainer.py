@@ -1,10 +1,12 @@
 """The iteration-based training loop: it runs, it does not build and it does not observe.
 
-One step: ``outputs = model(images)`` (under autocast on GPU) -> ``losses, record =
-criterion(outputs, targets)`` -> backward (GradScaler for fp16) -> optional gradient clipping
--> optimiser step -> per-iteration LR schedule -> optional EMA update -> hooks. Everything is
-built elsewhere (:func:`detmine.engine.builders.build_trainer`) and handed in; logging,
-evaluation, checkpoints and pictures are hooks (:mod:`detmine.engine.hooks`) -- detectron2's
+One step: ``outputs = model(images)`` (under autocast with ``train.amp``; through
+``torch.compile`` with ``train.compile``) -> ``losses, record = criterion(outputs, targets)``
+(outside autocast; the criterion computes its losses in float32) -> backward (GradScaler for
+fp16) -> optional gradient clipping -> optimiser step -> per-iteration LR schedule -> optional
+EMA update -> hooks. Everything is built elsewhere
+(:func:`detmine.engine.builders.build_trainer`) and handed in; logging, evaluation,
+checkpoints and pictures are hooks (:mod:`detmine.engine.hooks`) -- detectron2's
 ``SimpleTrainer`` + ``HookBase`` shape.
 
 :meth:`Trainer.state_dict` holds everything a run needs to continue exactly where it stopped
@@ -23,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +135,11 @@ class Trainer:
         hooks: :class:`HookBase` s, called in order.
         max_iters: the training length in iterations.
         device: where the step runs.
-        amp_dtype: autocast dtype on CUDA (None: fp32).
+        amp_dtype: autocast dtype of the forward on ``device`` (None: fp32).
         grad_scaler: a ``torch.amp.GradScaler`` (disabled unless fp16).
+        forward: what the step calls instead of ``model(images)`` (a
+            :class:`~detmine.engine.compile.CompiledForward` of ``model``); ``model`` itself
+            stays what is saved, averaged and evaluated.
         clip_grad_norm: > 0 clips the gradient norm.
         on_nonfinite: ``"stop"`` raises :class:`NonFiniteError` naming the iteration and the
             last checkpoint; ``"skip"`` skips the batch (all processes together) and counts it.
@@ -161,10 +166,12 @@ class Trainer:
         clip_grad_norm: float = 0.0,
         on_nonfinite: str = "stop",
         ema: Any = None,
+        forward: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.model = model
+        self.forward = forward if forward is not None else model
         self.criterion = criterion
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -305,12 +312,12 @@ class Trainer:
         targets = targets_to(list(targets), self.device)
         self.last_step = StepResult(images, targets)
         autocast = (
-            torch.autocast("cuda", dtype=self.amp_dtype)
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
         with autocast:
-            outputs = self.model(images)
+            outputs = self.forward(images)
         self.last_step.outputs = outputs
         try:
             losses, record = self.criterion(outputs, targets)

@@ -5,6 +5,7 @@ them -- every decision the trainer must not make."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from detmine.console import log
 from detmine.engine.builders.data import build_train_loader, build_val_loader
 from detmine.engine.resume import ConfigChanges
 from detmine.engine.run_folder import RunFolder, RunLockHook
+from detmine.errors import ConfigError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:
@@ -28,6 +32,47 @@ def schedule_length(cfg: Config, iters_per_epoch: int) -> tuple[int, list[int]]:
     return math.ceil(t.epochs * iters_per_epoch), [round(s * iters_per_epoch) for s in t.steps]
 
 
+def amp_unsupported(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why this torch cannot autocast to ``dtype`` on ``device_type`` (with a GradScaler for
+    float16), or None. Older versions warn and disable CPU float16 autocast instead of failing."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            probe = torch.ones(2, 2, device=device_type)
+            with torch.autocast(device_type, dtype=dtype):
+                active = (probe @ probe).dtype == dtype  # a matmul is on every autocast list
+        if dtype == torch.float16:
+            torch.amp.GradScaler(device_type)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not active:
+        said = [str(w.message).splitlines()[0] for w in caught]
+        return said[0] if said else f"torch {torch.__version__} has no {dtype} autocast on {device_type}"
+    return None
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: fp32). ``auto`` is bfloat16 on
+    CUDA and fp32 elsewhere; an explicit ``bf16`` / ``fp16`` autocasts on the CPU too.
+
+    Raises:
+        ConfigError: this torch cannot autocast to that dtype on the CPU (one line: why, and
+            what to use instead).
+    """
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    dtype = AMP_DTYPES.get(amp)
+    if dtype is None or device.type == "cuda":  # CUDA: as it always was, no probing
+        return dtype
+    reason = amp_unsupported(device.type, dtype)
+    if reason is not None:
+        raise ConfigError(
+            f"train.amp={amp} is not supported on {device.type} by torch {torch.__version__} ({reason}); "
+            "use train.amp=bf16, off or auto"
+        )
+    return dtype
+
+
 def build_optimization(cfg: Config, model: nn.Module, device: torch.device, max_iters: int, steps: list[int]):
     """``(model (maybe DDP-wrapped), ema, optimizer, scheduler, scaler, amp_dtype)``: the model
     moved to ``device``, SyncBN under several processes, the EMA of the bare model, the
@@ -35,7 +80,7 @@ def build_optimization(cfg: Config, model: nn.Module, device: torch.device, max_
     from detmine.engine.optim import ModelEMA, WarmupScheduler, build_optimizer
 
     t = cfg.train
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp) if device.type == "cuda" else None
+    amp_dtype = resolve_amp(t.amp, device)
     model = model.to(device)
     if cfg.model.sync_bn and dist.get_world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -63,7 +108,7 @@ def build_optimization(cfg: Config, model: nn.Module, device: torch.device, max_
         warmup_iters=t.warmup_iters,
         warmup_factor=t.warmup_factor,
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return model, ema, optimizer, scheduler, scaler, amp_dtype
 
 
@@ -131,8 +176,14 @@ def build_trainer(
     net, ema, optimizer, scheduler, scaler, amp_dtype = build_optimization(
         cfg, model, device, max_iters, steps
     )
+    forward = None
+    if cfg.train.compile:
+        from detmine.engine.compile import CompiledForward
+
+        forward = CompiledForward(net, device)
     trainer = Trainer(
         model=net,
+        forward=forward,
         criterion=criterion.to(device),
         optimizer=optimizer,
         scheduler=scheduler,
@@ -184,6 +235,13 @@ def _restore(
             log(
                 f"warning: training length changed ({changes.describe('length')}); the learning-rate "
                 f"schedule is re-stretched over {trainer.max_iters} iterations"
+            )
+        if changes.precision:
+            dtype = trainer.amp_dtype
+            now = "fp32" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+            log(
+                f"warning: mixed precision changed ({changes.describe('precision')}); the steps from "
+                f"here run in {now} on {trainer.device.type}"
             )
         if changes.other:
             log(f"warning: resuming with a changed config: {changes.describe()}")
