@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +91,9 @@ class DegenerateBoxes:
     count: int = 0
     example: str = ""
 
-    def add(self, where: str, value: Any) -> None:
-        self.count += 1
+    def add(self, where: str, value: Any, count: int = 1) -> None:
+        """Count ``count`` dropped boxes; the first call's ``where: value`` is the example."""
+        self.count += count
         if not self.example:
             self.example = f"{where}: {value!r}"
 
@@ -140,13 +141,14 @@ def as_labels(values: list[int]) -> np.ndarray:
 
 
 class RecordDataset(Dataset):
-    """Base ``Dataset`` over a list of :class:`ImageRecord` (see docs/architecture.md, "Contracts").
+    """Base ``Dataset`` over a sequence of :class:`ImageRecord` (see docs/architecture.md, "Contracts").
 
-    Subclasses fill ``self.records``, ``self.class_names`` and the two id mappings, then
-    call :meth:`_finish_init`.
+    Subclasses fill ``self.records`` (a list, or a :class:`~detmine.data.flat_records.FlatRecords`
+    whose buffers forked loader workers share without copying), ``self.class_names`` and the two
+    id mappings, then call :meth:`_finish_init`.
     """
 
-    records: list[ImageRecord]
+    records: Sequence[ImageRecord]
     class_names: list[str]
     contiguous_to_category_id: dict[int, int]
     category_id_to_contiguous: dict[int, int]
@@ -164,7 +166,8 @@ class RecordDataset(Dataset):
     def _finish_init(self, source: str) -> None:
         if not self.records:
             raise DataError(f"{source}: the dataset is empty (no images)")
-        self.image_ids = [r.image_id for r in self.records]
+        ids = getattr(self.records, "image_ids", None)  # FlatRecords: one array
+        self.image_ids = ids.tolist() if ids is not None else [r.image_id for r in self.records]
 
     @property
     def num_classes(self) -> int:
@@ -175,10 +178,14 @@ class RecordDataset(Dataset):
 
     def image_labels(self, i: int) -> set[int]:
         """Contiguous labels (1..K) present in image ``i`` (ignore regions excluded); no decoding."""
-        return {int(v) for v in self.records[i].labels}
+        labels_of = getattr(self.records, "labels_of", None)  # FlatRecords: no record built
+        return {int(v) for v in (labels_of(i) if labels_of is not None else self.records[i].labels)}
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(height, width)`` of image ``i`` as given by the annotations; no decoding."""
+        size_of = getattr(self.records, "size_of", None)
+        if size_of is not None:
+            return size_of(i)
         r = self.records[i]
         return r.height, r.width
 

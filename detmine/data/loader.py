@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 
 from detmine import distributed
 from detmine.data._common import SKIP_KINDS, SkippedSample
@@ -107,14 +107,58 @@ def collate(
     width = max(image.shape[2] for image, _ in kept)
     height = -(-height // size_divisible) * size_divisible
     width = -(-width // size_divisible) * size_divisible
-    images = fill.view(1, 3, 1, 1).expand(len(kept), 3, height, width).clone()
+    images = _new_batch((len(kept), 3, height, width))
+    images.copy_(fill.view(1, 3, 1, 1).expand(len(kept), 3, height, width))
     for i, (image, _) in enumerate(kept):
         images[i, :, : image.shape[1], : image.shape[2]].copy_(image)
     return images, [target for _, target in kept]
 
 
+def _new_batch(shape: tuple[int, int, int, int]) -> Tensor:
+    """uint8 tensor of ``shape``; in a loader worker in shared memory, where the batch goes to
+    the main process anyway (as torch's ``default_collate`` does: no copy on the way)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.empty(0, dtype=torch.uint8).untyped_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class _Array:
+    """A target's tensor as a numpy array on its way from a worker: it pickles by value,
+    where every tensor would get a shared-memory file of its own (three per image: the
+    main bottleneck of a worker's throughput, bench/loader.py)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Array, (self.array,)
+
+
+def _packed(value: Any) -> Any:
+    """``value`` as an :class:`_Array` when it is a tensor numpy can hold, else unchanged."""
+    if not isinstance(value, Tensor) or value.device.type != "cpu" or value.requires_grad:
+        return value
+    try:
+        return _Array(value.numpy())
+    except TypeError:  # a dtype numpy lacks (bfloat16)
+        return value
+
+
+def _pack(target: Target) -> dict[str, Any]:
+    return {k: _packed(v) for k, v in target.items()}
+
+
+def _unpack(target: dict[str, Any]) -> Target:
+    return {k: torch.from_numpy(v.array) if isinstance(v, _Array) else v for k, v in target.items()}  # type: ignore[return-value]
+
+
 class _Collate:
-    """Picklable collate for the loader: ``(images, targets, skipped markers)``."""
+    """Picklable collate for the loader: ``(images, targets, skipped markers)``; in a worker
+    the targets' tensors travel as numpy arrays (:class:`_Array`), which
+    :class:`DetectionDataLoader` turns back into the same tensors."""
 
     def __init__(self, size_divisible: int, pad_value: Sequence[float] | float) -> None:
         _pad_fill(pad_value)  # fail at build time, not in a worker
@@ -125,6 +169,8 @@ class _Collate:
 
     def __call__(self, samples: Sequence[Any]) -> tuple[Tensor, list[Target], list[SkippedSample]]:
         images, targets = collate(samples, self.size_divisible, self.pad_value)
+        if get_worker_info() is not None:
+            targets = [_pack(t) for t in targets]  # type: ignore[misc]
         return images, targets, [s for s in samples if isinstance(s, SkippedSample)]
 
 
@@ -264,7 +310,7 @@ class DetectionDataLoader(DataLoader):
                 self._count(expected[j] if j < len(expected) else len(targets) + len(skipped), skipped)
                 if len(targets) == 0:  # evaluation only: training batches are refilled
                     continue
-                yield images, targets
+                yield images, [_unpack(t) for t in targets]
         except DetmineError as exc:
             error = _one_line(exc)
             if error is exc:
@@ -372,7 +418,7 @@ def build_dataloader(
     *,
     num_workers: int = 2,
     pin_memory: bool | None = None,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     aspect_grouping: bool = False,
     repeat_factor_threshold: float | None = None,
@@ -396,7 +442,10 @@ def build_dataloader(
             False = dataset order, :class:`InferenceBatchSampler`.
         num_workers: worker processes (0 = load in the main process).
         pin_memory: default: True when CUDA is available.
-        persistent_workers: keep workers alive between epochs (needs num_workers > 0).
+        persistent_workers: keep workers alive between epochs (needs num_workers > 0);
+            default: True for training loaders (a new epoch would otherwise fork its workers
+            again and wait for their first batches, bench/loader.py), False for evaluation
+            ones (their workers would idle through training).
         prefetch_factor: batches loaded ahead per worker (torch default when None).
         aspect_grouping: (train) batches only mix landscape (w >= h) or only portrait
             images, read from ``dataset.image_size(i)`` without decoding.
@@ -462,7 +511,7 @@ def build_dataloader(
         pin_memory = torch.cuda.is_available()
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        extra["persistent_workers"] = persistent_workers
+        extra["persistent_workers"] = train if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
     generator = torch.Generator()

@@ -271,3 +271,34 @@ def test_padding_follows_the_model_divisibility_and_mean() -> None:
     for bad in ((1, 2), (0, 0, 300), "grey"):
         with pytest.raises(ConfigError, match="pad_value"):
             build_dataloader(Square(2), 1, train=False, num_workers=0, pad_value=bad)
+
+
+def test_worker_batches_equal_main_process_batches_field_by_field(tiny_coco_root) -> None:
+    """Targets travel from workers as numpy arrays and the batch in shared memory: what the
+    loader yields is the same tensors, dtypes and values as without workers."""
+    from detmine.data import build_dataset
+    from detmine.data.transforms import build_transforms
+
+    dataset = build_dataset(
+        "coco", tiny_coco_root, "train", transform=build_transforms("retinanet", 64, max_size=96)
+    )
+    batches = {w: list(build_dataloader(dataset, 4, train=False, num_workers=w)) for w in (0, 2)}
+    assert len(batches[0]) == len(batches[2]) == 3
+    for (images, targets), (images_w, targets_w) in zip(batches[0], batches[2], strict=True):
+        assert images.dtype == images_w.dtype and torch.equal(images, images_w)
+        for t, tw in zip(targets, targets_w, strict=True):
+            assert t.keys() == tw.keys()
+            for key, value in t.items():
+                assert type(tw[key]) is type(value), key
+                if isinstance(value, torch.Tensor):
+                    assert value.dtype == tw[key].dtype and torch.equal(value, tw[key]), key
+                else:
+                    assert value == tw[key], key
+
+
+def test_training_loaders_keep_their_workers_between_epochs() -> None:
+    assert build_dataloader(FakeDataset(8), 2, train=True, num_workers=1).persistent_workers
+    assert not build_dataloader(FakeDataset(8), 2, train=False, num_workers=1).persistent_workers
+    assert not build_dataloader(
+        FakeDataset(8), 2, train=True, num_workers=1, persistent_workers=False
+    ).persistent_workers
