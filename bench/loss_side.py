@@ -2,6 +2,7 @@
 """Loss side (matching + per-anchor loss + mining + box loss, forward and backward): detmine vs torchvision.
 
     python bench/loss_side.py [--case ssd|retinanet|all] [--device cpu|cuda] [--iters 3] [--seed 0]
+                              [--fresh-gradients]
 
 Cases (the sizes of docs/architecture.md, "Performance goals"):
 
@@ -25,6 +26,12 @@ image (``mean_b L_b / P_b``) while detmine normalises per batch (``sum_b L_b / s
 so for that case detmine's per-image sums are re-weighted to torchvision's normalisation
 before the difference is taken. Exits 1 if a difference exceeds 1e-4 (relative), never
 on timings.
+
+On the CPU detmine's losses write their logits-sized gradient into memory kept from the
+previous step (``detmine.losses._cpu.GRADIENT_BUFFER``; the warm-up call fills it, as the
+first training step does). ``--fresh-gradients`` switches that off, so that every step
+allocates (and page-faults) a fresh gradient as torchvision's side does: the difference is
+the cost of those page faults.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from torchvision.ops import box_iou
 from detmine.box_coder import BoxCoder
 from detmine.criterion import build_criterion
 from detmine.losses import L1Loss
+from detmine.losses._cpu import GRADIENT_BUFFER
 from detmine.structures import HeadOutputs
 
 SSD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -290,6 +298,11 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--fresh-gradients",
+        action="store_true",
+        help="detmine allocates a fresh gradient every step (no reuse of the last step's memory)",
+    )
     parser.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -297,9 +310,11 @@ def main() -> int:
         return 0
 
     cases = ["ssd", "retinanet"] if args.case == "all" else [args.case]
+    GRADIENT_BUFFER.enabled = GRADIENT_BUFFER.enabled and not args.fresh_gradients
     print(
         f"# detmine loss side vs torchvision | torch {torch.__version__} | device {args.device} | "
         f"threads {torch.get_num_threads()} | {platform.processor() or platform.machine()} | iters {args.iters}"
+        f" | gradient reuse {'on' if GRADIENT_BUFFER.enabled else 'off'}"
     )
     header = (
         f"{'case':<10} {'tv med':>9} {'tv best':>8} {'ours med':>9} {'ours best':>8} {'x med':>8} {'x best':>8} "

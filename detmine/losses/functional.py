@@ -8,15 +8,20 @@ Both are custom autograd functions with analytic gradients, equal to the
 reference (``F.cross_entropy``; ``torchvision.ops.sigmoid_focal_loss`` on one-hot
 targets) in values and gradients to float32 rounding (tested):
 
-- softmax CE keeps no ``[B, A, K + 1]`` log-probabilities for backward and
-  computes the softmax gradient only for the anchors the miner selected;
+- softmax CE is ``logsumexp(x) - x[label]``: forward reads the logits once and
+  writes no ``[B, A, K + 1]`` log-probabilities; backward computes the softmax
+  gradient only for the anchors the miner selected;
 - the sigmoid losses (focal, alpha-balanced CE) never build the one-hot target
   tensor: the loss of a negative column (target 0) is computed densely,
   ``(1 - alpha) * p**gamma * softplus(x)``, and only the one positive column per
   foreground anchor is replaced by ``alpha * (1 - p)**gamma * softplus(-x)``; the
   gradient is produced in the same pass, sharing ``sigmoid`` / ``softplus``.
 
-bench/loss_side.py measures the effect against torchvision's loss code.
+On the CPU both go through the logits in L2-sized chunks of rows (no logits-sized
+intermediate, whose first-touch page faults cost more than the arithmetic) and write
+their gradient into :data:`~detmine.losses._cpu.GRADIENT_BUFFER`, memory reused from
+the previous step (see :mod:`detmine.losses._cpu`). bench/loss_side.py measures the
+effect against torchvision's loss code.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
+from detmine.losses._cpu import CHUNK_ELEMENTS, GRADIENT_BUFFER, row_logsumexp_and_pick
+
 __all__ = [
     "softmax_cross_entropy",
     "sigmoid_focal_loss",
@@ -34,62 +41,67 @@ __all__ = [
 ]
 
 
-def _rows_with_gradient(grad_out: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``(b, a)`` indices of the anchors whose incoming gradient is non-zero, or ``None``
-    when most are (then the dense computation is cheaper). With a miner most anchors
-    get exactly zero gradient, and their ``[K]`` columns need no work in backward."""
-    nonzero = grad_out != 0
-    if int(nonzero.sum()) > grad_out.numel() // 4:
-        return None
-    return nonzero.nonzero(as_tuple=True)
+def _rows_with_gradient(grad_out: Tensor) -> Tensor | None:
+    """Flat indices ``[N]`` of the anchors whose incoming gradient is non-zero, or ``None``
+    when more than a quarter are (then the dense computation is cheaper). With a miner most
+    anchors get exactly zero gradient, and their ``[K]`` columns need no work in backward."""
+    rows = grad_out.reshape(-1).nonzero().squeeze(1)
+    return None if rows.numel() > grad_out.numel() // 4 else rows
 
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """Per-anchor softmax CE. Backward recomputes the softmax from the logits and the
-    saved ``logsumexp [B, A]``, only for the anchors with a non-zero incoming gradient
-    (with a miner, a few percent of them); the gradient is written into the forward's
-    log-probability buffer (zeroed) instead of a fresh ``[B, A, K + 1]`` allocation,
-    whose page faults cost as much as the softmax itself on the CPU."""
+    """Per-anchor softmax CE, ``logsumexp(x) - x[label]``.
+
+    Forward reads the logits once (:func:`~detmine.losses._cpu.row_logsumexp_and_pick` on the
+    CPU) and writes nothing of their size but, when a gradient will be needed, zeros into
+    the gradient buffer taken from :data:`~detmine.losses._cpu.GRADIENT_BUFFER` (memory
+    already mapped after the first step), overlapped with the ``exp``. Backward recomputes
+    ``softmax = exp(x - lse)`` from the saved ``lse [B, A]`` only for the anchors with a
+    non-zero incoming gradient (with a miner, a few percent of them) and copies those rows
+    into that buffer. A second backward through a retained graph takes a new buffer."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
-        valid = labels >= 0
-        target = labels.clamp(min=0).unsqueeze(-1)
-        log_prob = F.log_softmax(logits, dim=-1)
-        loss = log_prob.gather(-1, target).squeeze(-1).neg_()
-        # logsumexp = x_target - log p_target: no second pass over the logits
-        lse = logits.gather(-1, target).squeeze(-1).add_(loss)
+    def forward(ctx, logits: Tensor, labels: Tensor, weight: Tensor | None, need_grad: bool) -> Tensor:
+        logits = logits.contiguous()  # flat row indexing below; a no-op for a head's output
+        grad = GRADIENT_BUFFER.take(tuple(logits.shape), logits.dtype, logits.device) if need_grad else None
+        lse, target_logit = row_logsumexp_and_pick(logits, labels.clamp(min=0), zero=grad)
+        loss = lse - target_logit
         if weight is not None:
-            loss.mul_(weight[target.squeeze(-1)])
-        loss.masked_fill_(~valid, 0.0)
+            loss.mul_(weight[labels.clamp(min=0)])
+        loss.masked_fill_(labels < 0, 0.0)
         ctx.save_for_backward(logits, labels, lse, weight)
-        ctx.buffer = log_prob  # reused as the gradient (first backward only)
+        ctx.grad = grad  # zeros, for the first backward
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, labels, lse, weight = ctx.saved_tensors
-        buffer, ctx.buffer = ctx.buffer, None  # a retained graph's second backward allocates anew
+        grad, ctx.grad = ctx.grad, None
+        zeroed = grad is not None
+        if grad is None:
+            grad = GRADIENT_BUFFER.take(tuple(logits.shape), logits.dtype, logits.device)
         scale = grad_out.masked_fill(labels < 0, 0.0)
         if weight is not None:
             scale = scale * weight[labels.clamp(min=0)]
         rows = _rows_with_gradient(scale)
         if rows is None:  # dense: softmax * g, minus g at the target column
-            grad = (
-                torch.sub(logits, lse.unsqueeze(-1), out=buffer)
-                if buffer is not None
-                else logits - lse.unsqueeze(-1)
-            )
-            grad.exp_().mul_(scale.unsqueeze(-1))
+            torch.sub(logits, lse.unsqueeze(-1), out=grad).exp_().mul_(scale.unsqueeze(-1))
             grad.scatter_add_(-1, labels.clamp(min=0).unsqueeze(-1), -scale.unsqueeze(-1))
-            return grad, None, None
-        b, a = rows
-        g = scale[b, a].unsqueeze(-1)
-        sub = torch.exp(logits[b, a] - lse[b, a].unsqueeze(-1)).mul_(g)
-        sub.scatter_add_(-1, labels[b, a].unsqueeze(-1), -g)
-        grad = buffer.zero_() if buffer is not None else torch.zeros_like(logits)
-        grad[b, a] = sub
-        return grad, None, None
+        else:
+            cols = logits.shape[-1]
+            sub = _softmax_grad_rows(
+                logits.view(-1, cols), labels.reshape(-1), lse.view(-1), scale.view(-1), rows
+            )
+            (grad if zeroed else grad.zero_()).view(-1, cols).index_copy_(0, rows, sub)
+        return grad, None, None, None
+
+
+def _softmax_grad_rows(logits: Tensor, labels: Tensor, lse: Tensor, scale: Tensor, rows: Tensor) -> Tensor:
+    """``scale * (softmax - one_hot(label))`` of the flat ``rows [N]`` of ``logits [R, C]``
+    (with ``labels``, ``lse``, ``scale`` ``[R]``): ``[N, C]``."""
+    g = scale[rows].unsqueeze(-1)
+    sub = logits.index_select(0, rows).sub_(lse[rows].unsqueeze(-1)).exp_().mul_(g)
+    return sub.scatter_add_(-1, labels[rows].unsqueeze(-1), -g)
 
 
 def softmax_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
@@ -111,7 +123,9 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor 
     """
     if class_weights is not None:
         class_weights = class_weights.to(device=logits.device, dtype=logits.dtype)
-    return _SoftmaxCrossEntropy.apply(logits, labels, class_weights)
+    # ctx.needs_input_grad is True even under no_grad: decide here (validation needs no buffer)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _SoftmaxCrossEntropy.apply(logits, labels, class_weights, need_grad)
 
 
 def sigmoid_focal_loss(
@@ -169,17 +183,18 @@ def _positive_grad(x: Tensor, gamma: float) -> Tensor:
     return -(q.pow(gamma) * (gamma * (1.0 - q) * F.softplus(-x) + q))
 
 
-def _focal_forward(
+def _focal_dense(
     logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-anchor focal loss ``[B, A]`` and, if ``need_grad``, ``d loss / d logits``.
-
-    Three ``[B, A, K]`` buffers in all (each fresh one costs page faults on the CPU)::
+    """Per-row focal loss ``[N]`` of ``logits [N, K]`` and, if ``need_grad``, ``d loss / d x``
+    ``[N, K]``, with whole-tensor operations (the GPU path; on the CPU the rows that
+    :func:`_focal_chunked` cannot take)::
 
         p = sigmoid(x);  loss = w * p^g * softplus(x)         (in the softplus buffer)
         grad = w * p^(g+1) + g * (1 - p) * loss               (in the p^g buffer)
 
-    then the one positive column per foreground anchor is overwritten.
+    then the one positive column per foreground row is overwritten. Ignored rows are not
+    masked here.
     """
     p = torch.sigmoid(logits)
     loss = F.softplus(logits)
@@ -193,14 +208,86 @@ def _focal_forward(
             grad = p.mul_(w_neg)
         else:
             grad = p_gamma.mul_(p).mul_(w_neg).add_(loss, alpha=gamma).addcmul_(p, loss, value=-gamma)
-    pos_b, pos_a = (labels > 0).nonzero(as_tuple=True)
-    pos_c = labels[pos_b, pos_a] - 1
-    x_pos = logits[pos_b, pos_a, pos_c]
-    loss[pos_b, pos_a, pos_c] = _positive_term(x_pos, gamma) * w_pos[pos_c]
-    out = loss.sum(dim=-1)
-    out.masked_fill_(labels < 0, 0.0)
+    pos_rows = (labels > 0).nonzero().squeeze(1)
+    pos_c = labels[pos_rows] - 1
+    x_pos = logits[pos_rows, pos_c]
+    loss[pos_rows, pos_c] = _positive_term(x_pos, gamma) * w_pos[pos_c]
     if grad is not None:
-        grad[pos_b, pos_a, pos_c] = _positive_grad(x_pos, gamma) * w_pos[pos_c]
+        grad[pos_rows, pos_c] = _positive_grad(x_pos, gamma) * w_pos[pos_c]
+    return loss.sum(dim=-1), grad
+
+
+def _focal_chunked(
+    logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float, grad: Tensor | None
+) -> Tensor:
+    """:func:`_focal_dense` on the CPU: per-row loss ``[N]`` of ``logits [N, K]``, with the
+    gradient written into ``grad [N, K]`` when given.
+
+    Rows go through in chunks of about 1 MB, so every intermediate (``p``, ``softplus``,
+    ``p^g``) lives in three small reused buffers (L2-resident, never page-faulted) and the
+    logits are read once; the per-row sum is a matrix-vector product with ``w_neg``. The
+    positive column of each foreground row is zeroed before that sum, then its own term is
+    added. ``softplus(x) = log1p(exp(x))`` overflows beyond ``x ~ 88`` (float32): such
+    rows, non-finite at the end, are recomputed with :func:`_focal_dense`.
+    """
+    rows, cols = logits.shape
+    pos_rows = (labels > 0).nonzero().squeeze(1)
+    pos_c = labels[pos_rows] - 1
+    x_pos = logits[pos_rows, pos_c]
+    pos_elems = pos_rows * cols + pos_c
+    step = max(1, CHUNK_ELEMENTS // cols)
+    starts = list(range(0, rows, step))
+    # positives of chunk i: pos_elems[cuts[i]:cuts[i + 1]] (nonzero() is sorted)
+    cuts = torch.searchsorted(pos_rows, torch.tensor([*starts, rows])).tolist()
+    p_buf, term_buf, pg_buf = (torch.empty(min(step, rows), cols, dtype=logits.dtype) for _ in range(3))
+    out = torch.empty(rows, dtype=logits.dtype)
+    for i, start in enumerate(starts):
+        x = logits[start : start + step]
+        n = x.shape[0]
+        p = torch.sigmoid(x, out=p_buf[:n])
+        term = torch.exp(x, out=term_buf[:n]).log1p_()  # softplus(x)
+        if gamma != 0:
+            pg = torch.mul(p, p, out=pg_buf[:n]) if gamma == 2 else torch.pow(p, gamma, out=pg_buf[:n])
+            term.mul_(pg)
+        if grad is not None:
+            g = grad[start : start + n]
+            if gamma == 0:
+                torch.mul(p, w_neg, out=g)
+            else:
+                torch.mul(pg, p, out=g).add_(term, alpha=gamma).addcmul_(p, term, value=-gamma).mul_(w_neg)
+        if cuts[i + 1] > cuts[i]:
+            term.view(-1).index_fill_(0, pos_elems[cuts[i] : cuts[i + 1]] - start * cols, 0.0)
+        torch.mv(term, w_neg, out=out[start : start + n])
+    out.index_add_(0, pos_rows, _positive_term(x_pos, gamma) * w_pos[pos_c])
+    if grad is not None:
+        grad.view(-1)[pos_elems] = _positive_grad(x_pos, gamma) * w_pos[pos_c]
+    redo = (~torch.isfinite(out)).nonzero().squeeze(1)
+    if redo.numel():
+        redo_loss, redo_grad = _focal_dense(logits[redo], labels[redo], w_neg, w_pos, gamma, grad is not None)
+        out[redo] = redo_loss
+        if grad is not None and redo_grad is not None:
+            grad[redo] = redo_grad
+    return out
+
+
+def _focal_forward(
+    logits: Tensor, labels: Tensor, w_neg: Tensor, w_pos: Tensor, gamma: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-anchor focal loss ``[B, A]`` (0 where ``labels == -1``) of ``logits [B, A, K]`` and,
+    if ``need_grad``, ``d loss / d logits [B, A, K]``: chunked on the CPU
+    (:func:`_focal_chunked`, the gradient in :data:`~detmine.losses._cpu.GRADIENT_BUFFER`),
+    whole-tensor elsewhere (:func:`_focal_dense`)."""
+    cols = logits.shape[-1]
+    x, flat_labels = logits.detach().reshape(-1, cols), labels.reshape(-1)
+    if logits.device.type == "cpu":
+        grad = GRADIENT_BUFFER.take(tuple(logits.shape), logits.dtype, logits.device) if need_grad else None
+        out = _focal_chunked(
+            x, flat_labels, w_neg, w_pos, gamma, None if grad is None else grad.view(-1, cols)
+        )
+    else:
+        out, grad = _focal_dense(x, flat_labels, w_neg, w_pos, gamma, need_grad)
+        grad = None if grad is None else grad.view(logits.shape)
+    out = out.view(labels.shape).masked_fill_(labels < 0, 0.0)
     return out, grad
 
 
