@@ -328,21 +328,21 @@ class Matcher:
         best_iou, matched = (t.t().contiguous() for t in iou.max(dim=2))  # [B, A]; first GT on ties
         positive = best_iou >= self.fg_iou_thresh
         ignore = (best_iou >= self.bg_iou_thresh) & ~positive
-        if self.allow_low_quality or self.force_best_match:
-            num_images, num_gt = gt.valid.shape
+        num_images, num_gt = gt.valid.shape
+        num_anchors = iou.shape[0]
+        if self.allow_low_quality:
             best_per_gt = iou.amax(dim=0)  # [B, G]
             # GTs without any overlap (and padding) are excluded by comparing with 2 > any IoU
             best_per_gt = torch.where(gt.valid & (best_per_gt > 0), best_per_gt, 2.0)
             tie_a, tie_b, tie_g = (iou == best_per_gt).nonzero(as_tuple=True)  # few, sorted by anchor
-        if self.allow_low_quality:
             positive[tie_b, tie_a] = True
         if self.force_best_match:
-            # each GT's first best anchor (torchvision's max(dim=1)), then the last GT wins
-            # on a shared anchor, like torchvision's indexed assignment
-            pair = tie_b * num_gt + tie_g
-            best_anchor = torch.full((num_images * num_gt,), num_anchors := iou.shape[0], device=iou.device)
-            best_anchor.scatter_reduce_(0, pair, tie_a, reduce="amin")
-            has_best = best_anchor < num_anchors
+            # each GT's first best anchor (torchvision's max(dim=1): max returns the first
+            # maximal index), then the last GT wins on a shared anchor, like torchvision's
+            # indexed assignment; a GT without any overlap (or padding) forces nothing
+            best_per_gt, first_best = iou.max(dim=0)  # [B, G]
+            has_best = (gt.valid & (best_per_gt > 0)).view(-1)
+            best_anchor = first_best.view(-1)
             gt_index = torch.arange(num_gt, device=iou.device).repeat(num_images)
             forced = torch.full((num_images, num_anchors + 1), -1, dtype=torch.int64, device=iou.device)
             forced.view(-1).scatter_reduce_(

@@ -99,6 +99,18 @@ def test_ssd_forced_match_shared_anchor_goes_to_later_gt():
     assert result.matched_gt[0, 0] == 1
 
 
+def test_ssd_forced_match_takes_the_first_of_tied_best_anchors():
+    # Anchors 1 and 3 are the same box, both the small box's best (IoU < 0.5): like torchvision's
+    # max over anchors, only the first of them is forced.
+    anchors = torch.tensor([[60.0, 60, 100, 100], [0, 0, 40, 40], [200, 200, 240, 240], [0, 0, 40, 40]])
+    gt = target([[5.0, 5, 15, 15], [62, 62, 98, 98]], [3, 1])
+    result = assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, [gt])
+    assert result.labels[0].tolist() == [1, 3, 0, 0]
+    # A box that overlaps no anchor forces none (torchvision would force anchor 0 at IoU 0).
+    lonely = target([[5.0, 5, 15, 15], [300, 300, 310, 310]], [3, 1])
+    assert Matcher.ssd().match_targets(anchors, [lonely]).labels[0].tolist() == [0, 3, 0, 0]
+
+
 def test_ignore_band():
     anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]])
     # IoU(anchor, box) = 45/100... choose a box giving IoU 0.45 with anchor 0
