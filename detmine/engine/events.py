@@ -223,7 +223,7 @@ class TensorBoardWriter(EventWriter):
             summary = jpeg_image_summary(tag, image, dataformats)
             if summary is None:
                 w.add_image(tag, image, step, dataformats=dataformats)
-            else:
+            else:  # SummaryWriter has no public call for an encoded picture (add_image re-encodes as PNG)
                 w._get_file_writer().add_summary(summary, step)
         for tag, text, step in events.texts:
             w.add_text(tag, text, step)
