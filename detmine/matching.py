@@ -200,6 +200,88 @@ def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
     return _iou_abg(boxes, anchors, AnchorIntervals.of(anchors)).permute(1, 2, 0)
 
 
+#: IoU elements per chunk of anchors (``chunk x B x G`` float32 = 1 MiB): the chunk's
+#: intersection, union and IoU stay in the L2 cache while they are reduced.
+_IOU_CHUNK_ELEMENTS = 1 << 18
+
+
+@dataclass
+class ReducedIoU:
+    """What matching needs of the ``[A, B, G]`` IoU, without keeping it.
+
+    Attributes:
+        best_iou: ``[B, A]`` each anchor's best IoU over the image's boxes.
+        best_gt: ``[B, A]`` int64, the box giving it (the first on ties).
+        best_per_gt: ``[B, G]`` each box's best IoU over the anchors (0 for padding).
+        first_best_anchor: ``[B, G]`` int64, the first anchor reaching it.
+        ties: ``(image, anchor)`` int64 ``[T]`` each: every anchor reaching some valid
+            overlapping box's best IoU (torchvision's low-quality matches), when asked for.
+    """
+
+    best_iou: Tensor
+    best_gt: Tensor
+    best_per_gt: Tensor
+    first_best_anchor: Tensor
+    ties: tuple[Tensor, Tensor] | None
+
+
+def _reduce_iou(
+    boxes: Tensor, valid: Tensor, anchors: Tensor, intervals: AnchorIntervals, ties: bool
+) -> ReducedIoU:
+    """The reductions of :func:`_iou_abg` that matching uses, one cache-sized chunk of anchors
+    at a time (bit-identical: the same element-wise IoU, reduced in anchor order).
+
+    Materialising the whole ``[A, B, G]`` IoU (SSD300 x 32 images x 20 boxes: 22 MB) and
+    reducing it twice costs five or six passes through memory; a chunk is computed and
+    reduced while it is in cache. ``ties`` (low-quality matches) needs each box's best IoU
+    over *all* anchors first, so it recomputes the chunks in a second pass.
+
+    Args:
+        boxes: ``[B, G, 4]`` padded xyxy boxes (padding rows are zero boxes: IoU 0).
+        valid: ``[B, G]`` bool, False on padding rows.
+        anchors: ``[A, 4]`` float32 xyxy.
+    """
+    num_images, num_gt = boxes.shape[:2]
+    num_anchors = anchors.shape[0]
+    device = anchors.device
+    x1, y1, x2, y2 = (c.contiguous() for c in boxes.unbind(-1))  # [B, G]
+    w = _overlap_1d(x1, x2, intervals.x)  # [Ux, B, G]
+    h = _overlap_1d(y1, y2, intervals.y)  # [Uy, B, G]
+    box_area = _area(boxes)
+    anchor_area = _area(anchors).view(-1, 1, 1)
+
+    def iou_rows(start: int, stop: int) -> Tensor:  # rows start:stop of _iou_abg, same arithmetic
+        inter = w.index_select(0, intervals.x_index[start:stop])
+        inter.mul_(h.index_select(0, intervals.y_index[start:stop]))
+        union = torch.add(box_area, anchor_area[start:stop]).sub_(inter)
+        return inter.div_(union)
+
+    chunk = max(1, _IOU_CHUNK_ELEMENTS // max(1, num_images * num_gt))
+    spans = [(a, min(a + chunk, num_anchors)) for a in range(0, num_anchors, chunk)]
+    best_iou = torch.empty((num_anchors, num_images), device=device)
+    best_gt = torch.empty((num_anchors, num_images), dtype=torch.int64, device=device)
+    best_per_gt = torch.full((num_images, num_gt), -1.0, device=device)
+    first_best = torch.zeros((num_images, num_gt), dtype=torch.int64, device=device)
+    for start, stop in spans:
+        iou = iou_rows(start, stop)  # [a, B, G]
+        torch.max(iou, dim=2, out=(best_iou[start:stop], best_gt[start:stop]))
+        value, index = iou.max(dim=0)  # [B, G]; the chunk's first maximal anchor
+        better = value > best_per_gt  # strictly: an earlier chunk keeps its anchor on ties
+        best_per_gt = torch.where(better, value, best_per_gt)
+        first_best = torch.where(better, index + start, first_best)
+    tie_index = None
+    if ties:
+        # GTs without any overlap (and padding) are excluded by comparing with 2 > any IoU
+        target = torch.where(valid & (best_per_gt > 0), best_per_gt, 2.0)
+        found_b, found_a = [], []
+        for start, stop in spans:
+            tie_a, tie_b, _ = (iou_rows(start, stop) == target).nonzero(as_tuple=True)
+            found_b.append(tie_b)
+            found_a.append(tie_a + start)
+        tie_index = (torch.cat(found_b), torch.cat(found_a))
+    return ReducedIoU(best_iou.t().contiguous(), best_gt.t().contiguous(), best_per_gt, first_best, tie_index)
+
+
 def _padding_groups(counts: list[int], max_groups: int = 3) -> list[tuple[list[int], int]]:
     """Split the images with ground truth into at most ``max_groups`` groups of similar
     box counts, each padded only to its own largest count: ``[(image indices, width)]``.
@@ -322,32 +404,27 @@ class Matcher:
         return intervals
 
     def _match_boxes(self, anchors: Tensor, gt: PaddedTargets) -> tuple[Tensor, Tensor]:
-        iou = _iou_abg(gt.boxes, anchors, self._intervals(anchors))  # [A, B, G]
-        # Padding rows are zero boxes: IoU exactly 0, and after the real boxes, so the
-        # first-maximum rule never prefers them; they are masked below where it matters.
-        best_iou, matched = (t.t().contiguous() for t in iou.max(dim=2))  # [B, A]; first GT on ties
+        num_images, num_gt = gt.valid.shape
+        num_anchors = anchors.shape[0]
+        reduced = _reduce_iou(gt.boxes, gt.valid, anchors, self._intervals(anchors), self.allow_low_quality)
+        best_iou, matched = reduced.best_iou, reduced.best_gt  # [B, A]; first GT on ties
         positive = best_iou >= self.fg_iou_thresh
         ignore = (best_iou >= self.bg_iou_thresh) & ~positive
-        num_images, num_gt = gt.valid.shape
-        num_anchors = iou.shape[0]
         if self.allow_low_quality:
-            best_per_gt = iou.amax(dim=0)  # [B, G]
-            # GTs without any overlap (and padding) are excluded by comparing with 2 > any IoU
-            best_per_gt = torch.where(gt.valid & (best_per_gt > 0), best_per_gt, 2.0)
-            tie_a, tie_b, tie_g = (iou == best_per_gt).nonzero(as_tuple=True)  # few, sorted by anchor
+            assert reduced.ties is not None
+            tie_b, tie_a = reduced.ties
             positive[tie_b, tie_a] = True
         if self.force_best_match:
             # each GT's first best anchor (torchvision's max(dim=1): max returns the first
             # maximal index), then the last GT wins on a shared anchor, like torchvision's
             # indexed assignment; a GT without any overlap (or padding) forces nothing
-            best_per_gt, first_best = iou.max(dim=0)  # [B, G]
-            has_best = (gt.valid & (best_per_gt > 0)).view(-1)
-            best_anchor = first_best.view(-1)
-            gt_index = torch.arange(num_gt, device=iou.device).repeat(num_images)
-            forced = torch.full((num_images, num_anchors + 1), -1, dtype=torch.int64, device=iou.device)
+            has_best = (gt.valid & (reduced.best_per_gt > 0)).view(-1)
+            best_anchor = reduced.first_best_anchor.view(-1)
+            gt_index = torch.arange(num_gt, device=anchors.device).repeat(num_images)
+            forced = torch.full((num_images, num_anchors + 1), -1, dtype=torch.int64, device=anchors.device)
             forced.view(-1).scatter_reduce_(
                 0,
-                torch.arange(num_images, device=iou.device).repeat_interleave(num_gt) * (num_anchors + 1)
+                torch.arange(num_images, device=anchors.device).repeat_interleave(num_gt) * (num_anchors + 1)
                 + best_anchor,
                 torch.where(has_best, gt_index, -1),
                 reduce="amax",

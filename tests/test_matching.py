@@ -6,6 +6,7 @@ from torchvision.models.detection._utils import Matcher as TVMatcher
 from torchvision.models.detection._utils import SSDMatcher
 from torchvision.ops import box_iou
 
+from detmine import matching
 from detmine.errors import DataError
 from detmine.matching import Matcher, _padding_groups, batched_box_iou, pad_targets
 
@@ -213,3 +214,18 @@ def test_crowded_batches_equal_torchvision(counts):
     targets = make_batch(gen, counts)
     assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, targets)
     assert_equal_to_reference(Matcher.retinanet(), TVMatcher(0.5, 0.4, True), anchors, targets)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 50, 1 << 18])
+def test_chunked_iou_reduction_equals_torchvision(monkeypatch, chunk_elements):
+    """The IoU is reduced one chunk of anchors at a time: chunks of one anchor (ties between
+    anchors in different chunks), odd sizes and one chunk give torchvision's matches."""
+    monkeypatch.setattr(matching, "_IOU_CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(7)
+    anchors = random_boxes(300, gen)
+    anchors = torch.cat([anchors, anchors[::7]])  # repeated anchors: tied best anchors across chunks
+    targets = make_batch(gen, [5, 0, 11, 2])
+    assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, targets)
+    assert_equal_to_reference(Matcher.retinanet(), TVMatcher(0.5, 0.4, True), anchors, targets)
+    test_ssd_forced_match_takes_the_first_of_tied_best_anchors()
+    test_low_quality_ties_keep_every_best_anchor()

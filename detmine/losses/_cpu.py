@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,6 +46,17 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+@dataclass
+class _KnownContents:
+    """What the kept storage holds: zeros, except the flat ``rows`` of a ``shape`` tensor
+    (row width ``shape[-1]``), as of the version ``version`` of its handed-out views."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    rows: Tensor | None
+    version: int
+
+
 class GradientBuffer:
     """One reusable CPU gradient storage.
 
@@ -59,6 +71,12 @@ class GradientBuffer:
     steps. Only for CPU tensors; elsewhere (and on a PyTorch without the counter) it is
     ``torch.empty``.
 
+    A sparse gradient (softmax CE under a miner: a few percent of the rows) need not be
+    zeroed whole every step: :meth:`take_zeros` zeros only the rows that
+    :meth:`note_zeros` / :meth:`note_rows` say the last one wrote, when the storage's version
+    counter proves nobody else wrote into it since (handed-out tensors are views of one kept
+    base tensor, so an in-place write by any consumer moves that counter).
+
     Attributes:
         enabled: switch it off to get ``torch.empty`` always.
     """
@@ -66,6 +84,8 @@ class GradientBuffer:
     def __init__(self) -> None:
         self.enabled = _storage_use_count is not None
         self._storage: torch.UntypedStorage | None = None
+        self._base: Tensor | None = None  # a uint8 view of the whole kept storage
+        self._known: _KnownContents | None = None
         self._idle_count = 0
         self._lock = threading.Lock()  # check-and-hand-out must not interleave between threads
 
@@ -74,22 +94,87 @@ class GradientBuffer:
         if not self.enabled or device.type != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
         with self._lock:
+            self._known = None
             return self._take(shape, dtype)
+
+    def take_zeros(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, bool]:
+        """:meth:`take`, and whether the tensor already holds zeros: True when it is the kept
+        storage whose last contents are known (:meth:`note_rows`), whose written rows this
+        call zeroed; False means undefined contents, for the caller to zero."""
+        if not self.enabled or device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device), False
+        with self._lock:
+            known, self._known = self._known, None
+            out = self._take(shape, dtype)
+            if known is None or not self._on_base(out) or (known.shape, known.dtype) != (shape, dtype):
+                return out, False
+            if self._base is None or self._base._version != known.version:
+                return out, False  # someone wrote into it in place
+            if known.rows is not None and known.rows.numel():
+                out.view(-1, shape[-1]).index_fill_(0, known.rows, 0)
+            return out, True
+
+    def note_zeros(self, tensor: Tensor) -> None:
+        """Record that ``tensor`` (from :meth:`take` / :meth:`take_zeros`) holds zeros only."""
+        self._note(tensor, None)
+
+    def note_rows(self, tensor: Tensor, rows: Tensor) -> None:
+        """Record that ``tensor`` holds zeros but in the flat ``rows [N]`` (of row width
+        ``tensor.shape[-1]``) -- call it only when it was all zeros (:meth:`is_zeros`) before
+        those rows were written."""
+        self._note(tensor, rows)
+
+    def is_zeros(self, tensor: Tensor) -> bool:
+        """True when ``tensor`` is the kept storage and still all zeros as :meth:`note_zeros` left it."""
+        with self._lock:
+            known = self._known
+            return (
+                known is not None
+                and known.rows is None
+                and self._on_base(tensor)
+                and (known.shape, known.dtype) == (tuple(tensor.shape), tensor.dtype)
+                and self._base is not None
+                and self._base._version == known.version
+            )
+
+    def _note(self, tensor: Tensor, rows: Tensor | None) -> None:
+        with self._lock:
+            if not self._on_base(tensor) or self._base is None:
+                self._known = None
+                return
+            self._known = _KnownContents(tuple(tensor.shape), tensor.dtype, rows, self._base._version)
+
+    def _on_base(self, tensor: Tensor) -> bool:
+        return (
+            self._base is not None
+            and tensor.device.type == "cpu"
+            and tensor.is_contiguous()
+            and tensor.data_ptr() == self._base.data_ptr()
+        )
 
     def _take(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         nbytes = math.prod(shape) * dtype.itemsize
-        storage = self._storage
-        if storage is not None and storage.nbytes() >= nbytes and _use_count(storage) <= self._idle_count:
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _contiguous_strides(shape))
-        out = torch.empty(shape, dtype=dtype)
-        if storage is None or storage.nbytes() < nbytes or _use_count(storage) <= self._idle_count:
-            self._storage = out.untyped_storage()
-            self._idle_count = _use_count(self._storage) - 1  # less ``out`` itself
-        return out
+        base = self._base
+        if base is not None and base.numel() >= nbytes and self._storage is not None:
+            if _use_count(self._storage) <= self._idle_count:
+                return base[:nbytes].view(dtype).view(shape)
+        self._known = None
+        base = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        if (
+            self._base is None
+            or self._base.numel() < nbytes
+            or self._storage is None
+            or (_use_count(self._storage) <= self._idle_count)
+        ):
+            self._base, self._storage = base, base.untyped_storage()
+            self._idle_count = _use_count(self._storage)  # before any view of it exists
+        return base[:nbytes].view(dtype).view(shape)
 
     def release(self) -> None:
         """Drop the kept storage (its memory returns to the system once no tensor uses it)."""
-        self._storage = None
+        self._storage = self._base = self._known = None
 
 
 #: the buffer of the fused losses' gradients (one per process)

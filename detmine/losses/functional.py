@@ -55,7 +55,9 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     Forward reads the logits once (:func:`~detmine.losses._cpu.row_logsumexp_and_pick` on the
     CPU) and writes nothing of their size but, when a gradient will be needed, zeros into
     the gradient buffer taken from :data:`~detmine.losses._cpu.GRADIENT_BUFFER` (memory
-    already mapped after the first step), overlapped with the ``exp``. Backward recomputes
+    already mapped after the first step), overlapped with the ``exp`` -- or, when the buffer
+    comes back untouched from the last step's sparse backward, only the rows that backward
+    wrote. Backward recomputes
     ``softmax = exp(x - lse)`` from the saved ``lse [B, A]`` only for the anchors with a
     non-zero incoming gradient (with a miner, a few percent of them) and copies those rows
     into that buffer. A second backward through a retained graph takes a new buffer."""
@@ -63,8 +65,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, weight: Tensor | None, need_grad: bool) -> Tensor:
         logits = logits.contiguous()  # flat row indexing below; a no-op for a head's output
-        grad = GRADIENT_BUFFER.take(tuple(logits.shape), logits.dtype, logits.device) if need_grad else None
-        lse, target_logit = row_logsumexp_and_pick(logits, labels.clamp(min=0), zero=grad)
+        grad, zeroed = None, False
+        if need_grad:
+            grad, zeroed = GRADIENT_BUFFER.take_zeros(tuple(logits.shape), logits.dtype, logits.device)
+        lse, target_logit = row_logsumexp_and_pick(logits, labels.clamp(min=0), zero=None if zeroed else grad)
+        if grad is not None:
+            GRADIENT_BUFFER.note_zeros(grad)
         loss = lse - target_logit
         if weight is not None:
             loss.mul_(weight[labels.clamp(min=0)])
@@ -92,7 +98,10 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             sub = _softmax_grad_rows(
                 logits.view(-1, cols), labels.reshape(-1), lse.view(-1), scale.view(-1), rows
             )
+            clean = zeroed and GRADIENT_BUFFER.is_zeros(grad)
             (grad if zeroed else grad.zero_()).view(-1, cols).index_copy_(0, rows, sub)
+            if clean:  # the next step's buffer then zeros these rows only
+                GRADIENT_BUFFER.note_rows(grad, rows)
         return grad, None, None, None
 
 

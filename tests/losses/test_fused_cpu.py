@@ -82,6 +82,59 @@ def test_gradient_buffer_reuses_only_free_storage():
     assert buffer.take((4, 5), torch.float32, CPU).data_ptr() != big_ptr
 
 
+def head_steps(monkeypatch, hook=None, steps=4, fraction=0.05):
+    """Softmax CE steps through a head-like module (the logits are not leaves), each with a
+    different sparse gradient, against ``F.cross_entropy``; returns the buffer's rows-zeroing
+    verdicts (``take_zeros``' second value) of each step."""
+    buffer = GradientBuffer()
+    monkeypatch.setattr("detmine.losses.functional.GRADIENT_BUFFER", buffer)
+    verdicts = []
+    take_zeros = buffer.take_zeros
+
+    def spy(*args):
+        out, zeroed = take_zeros(*args)
+        verdicts.append(zeroed)
+        return out, zeroed
+
+    monkeypatch.setattr(buffer, "take_zeros", spy)
+    gen = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(6, 7)
+    features = torch.randn(3, 40, 6, generator=gen)
+    for step in range(steps):
+        labels = random_labels(gen, (3, 40), 6)
+        scale = torch.rand(3, 40, generator=gen) * (torch.rand(3, 40, generator=gen) < fraction)
+        logits = head(features)
+        if hook is not None:
+            logits.register_hook(hook)
+        grad_ours = torch.autograd.grad((softmax_cross_entropy(logits, labels) * scale).sum(), logits)[0]
+        ref_logits = head(features)
+        if hook is not None:
+            ref_logits.register_hook(hook)
+        grad_ref = torch.autograd.grad((reference_ce(ref_logits, labels) * scale).sum(), ref_logits)[0]
+        torch.testing.assert_close(grad_ours, grad_ref, msg=f"step {step}")
+        del grad_ours
+    return verdicts
+
+
+def test_sparse_gradient_buffer_zeros_only_the_last_rows(monkeypatch):
+    """After a sparse backward the next step zeros only the rows it wrote, and the gradients
+    stay equal to F.cross_entropy's step after step."""
+    assert head_steps(monkeypatch) == [False, True, True, True]
+    # a dense backward (most rows with gradient) leaves nothing to trust: zeroed whole each step
+    assert head_steps(monkeypatch, fraction=1.0) == [False, False, False, False]
+
+
+def test_sparse_gradient_buffer_sees_in_place_writes(monkeypatch):
+    """A consumer that writes into the handed-out gradient in place (here a hook on the
+    logits, adding to every row) moves the version counter: the next step zeros the whole
+    buffer, so nothing of the hook's writes leaks into its gradient."""
+
+    def shift_in_place(grad: torch.Tensor) -> None:
+        grad.add_(0.5)
+
+    assert head_steps(monkeypatch, hook=shift_in_place) == [False, False, False, False]
+
+
 def reference_ce(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     cols = x.shape[-1]
     flat = F.cross_entropy(
