@@ -77,7 +77,18 @@ def ablate(*args: object, env: dict | None = None, timeout: float = 300) -> subp
     return done
 
 
-def test_runs_the_grid_skips_finished_cells_and_reports_changed_ones(tmp_path):
+def ablate_here(load_tool, capsys, *args: object) -> subprocess.CompletedProcess:
+    """The tool in this process (no interpreter start), for the calls that train nothing:
+    ``--print-commands`` and collecting finished cells. Same result fields as :func:`ablate`."""
+    capsys.readouterr()
+    code = load_tool("ablate").main([str(a) for a in args])
+    captured = capsys.readouterr()
+    done = subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+    done.output = done.stdout + done.stderr
+    return done
+
+
+def test_runs_the_grid_skips_finished_cells_and_reports_changed_ones(tmp_path, load_tool, capsys):
     path = grid(tmp_path)
     first = ablate(path, "--jobs", "2", "--bootstrap-samples", "50")
     assert first.returncode == 0, first.stderr
@@ -94,31 +105,33 @@ def test_runs_the_grid_skips_finished_cells_and_reports_changed_ones(tmp_path):
     assert [r["strategy"] for r in rows] == ["focal", "ohem"]
     assert (out / "ablation.png").is_file() and list((out / "tensorboard").rglob("events.out.tfevents.*"))
 
-    again = ablate(path, "--bootstrap-samples", "50")
+    again = ablate_here(load_tool, capsys, path, "--bootstrap-samples", "50")
     assert again.returncode == 0 and "4 finished" in again.output and "started" not in again.output
 
     # the grid now asks something else of 'ohem': its finished folders are reported, not reused
     changed = grid(tmp_path, second="ohem: {mining: ohem, loss.cls: balanced_ce, mining.ohem.nms_iou: 0.5}")
-    third = ablate(changed, "--collect", "--bootstrap-samples", "50")
+    third = ablate_here(load_tool, capsys, changed, "--collect", "--bootstrap-samples", "50")
     assert third.returncode == 0
     assert "ohem/seed0: its run folder was trained with another config (mining.ohem.nms_iou" in third.stderr
     assert "2 of 4 cells finished (missing: ohem/seed0, ohem/seed1)" in (out / "table.md").read_text()
 
 
-def test_print_commands_lists_the_remaining_cells_ready_to_run(tmp_path):
+def test_print_commands_lists_the_remaining_cells_ready_to_run(tmp_path, load_tool, capsys):
     path = grid(tmp_path)
-    printed = ablate(path, "--print-commands")
+    printed = ablate_here(load_tool, capsys, path, "--print-commands")
     assert printed.returncode == 0
     lines = printed.stdout.splitlines()
     assert len(lines) == 4 and all("tools/train.py" in line and "train.seed=" in line for line in lines)
     assert not (tmp_path / "out").exists()  # nothing ran
-    torchrun = ablate(path, "--print-commands", "--nproc-per-node", "2").stdout.splitlines()
+    torchrun = ablate_here(
+        load_tool, capsys, path, "--print-commands", "--nproc-per-node", "2"
+    ).stdout.splitlines()
     assert all("torch.distributed.run --nproc_per_node=2" in line for line in torchrun)
     done = subprocess.run(
         lines[0], shell=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True
     )
     assert done.returncode == 0, done.stderr
-    assert len(ablate(path, "--print-commands").stdout.splitlines()) == 3
+    assert len(ablate(path, "--print-commands").stdout.splitlines()) == 3  # and as a process
 
 
 def test_a_bad_strategy_is_one_line_before_anything_runs(tmp_path):
