@@ -203,6 +203,7 @@ def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
 #: IoU elements per chunk of anchors (``chunk x B x G`` float32 = 1 MiB): the chunk's
 #: intersection, union and IoU stay in the L2 cache while they are reduced.
 _IOU_CHUNK_ELEMENTS = 1 << 18
+_MIN_CHUNK_ANCHORS = 128
 
 
 @dataclass
@@ -256,11 +257,14 @@ def _reduce_iou(
         union = torch.add(box_area, anchor_area[start:stop]).sub_(inter)
         return inter.div_(union)
 
-    chunk = max(1, _IOU_CHUNK_ELEMENTS // max(1, num_images * num_gt))
+    # at least _MIN_CHUNK_ANCHORS rows: with many boxes a cache-sized chunk would be a few
+    # anchors, and the per-chunk operations would cost more than the memory traffic saved
+    chunk = max(_MIN_CHUNK_ANCHORS, _IOU_CHUNK_ELEMENTS // max(1, num_images * num_gt))
     spans = [(a, min(a + chunk, num_anchors)) for a in range(0, num_anchors, chunk)]
-    best_iou = torch.empty((num_anchors, num_images), device=device)
+    dtype = torch.promote_types(boxes.dtype, anchors.dtype)
+    best_iou = torch.empty((num_anchors, num_images), dtype=dtype, device=device)
     best_gt = torch.empty((num_anchors, num_images), dtype=torch.int64, device=device)
-    best_per_gt = torch.full((num_images, num_gt), -1.0, device=device)
+    best_per_gt = torch.full((num_images, num_gt), -1.0, dtype=dtype, device=device)
     first_best = torch.zeros((num_images, num_gt), dtype=torch.int64, device=device)
     for start, stop in spans:
         iou = iou_rows(start, stop)  # [a, B, G]

@@ -221,11 +221,14 @@ def test_chunked_iou_reduction_equals_torchvision(monkeypatch, chunk_elements):
     """The IoU is reduced one chunk of anchors at a time: chunks of one anchor (ties between
     anchors in different chunks), odd sizes and one chunk give torchvision's matches."""
     monkeypatch.setattr(matching, "_IOU_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(matching, "_MIN_CHUNK_ANCHORS", 1)
     gen = torch.Generator().manual_seed(7)
     anchors = random_boxes(300, gen)
     anchors = torch.cat([anchors, anchors[::7]])  # repeated anchors: tied best anchors across chunks
-    targets = make_batch(gen, [5, 0, 11, 2])
-    assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, targets)
-    assert_equal_to_reference(Matcher.retinanet(), TVMatcher(0.5, 0.4, True), anchors, targets)
+    # one image per padding group, and groups of several images padded to their largest
+    for counts in ([5, 0, 11, 2], [9, 8, 11, 7]):
+        targets = make_batch(gen, counts)
+        assert_equal_to_reference(Matcher.ssd(), SSDMatcher(0.5), anchors, targets)
+        assert_equal_to_reference(Matcher.retinanet(), TVMatcher(0.5, 0.4, True), anchors, targets)
     test_ssd_forced_match_takes_the_first_of_tied_best_anchors()
     test_low_quality_ties_keep_every_best_anchor()

@@ -74,8 +74,10 @@ class GradientBuffer:
     A sparse gradient (softmax CE under a miner: a few percent of the rows) need not be
     zeroed whole every step: :meth:`take_zeros` zeros only the rows that
     :meth:`note_zeros` / :meth:`note_rows` say the last one wrote, when the storage's version
-    counter proves nobody else wrote into it since (handed-out tensors are views of one kept
-    base tensor, so an in-place write by any consumer moves that counter).
+    counter shows nobody else wrote into it since (handed-out tensors are views of one kept
+    base tensor, so an in-place PyTorch operation by any consumer moves that counter). Writes
+    that bypass PyTorch's version counting -- through ``.data``, ``.numpy()``, DLPack -- are
+    not seen: a consumer that writes into a gradient that way must not hand it back.
 
     Attributes:
         enabled: switch it off to get ``torch.empty`` always.
@@ -174,7 +176,8 @@ class GradientBuffer:
 
     def release(self) -> None:
         """Drop the kept storage (its memory returns to the system once no tensor uses it)."""
-        self._storage = self._base = self._known = None
+        with self._lock:
+            self._storage = self._base = self._known = None
 
 
 #: the buffer of the fused losses' gradients (one per process)

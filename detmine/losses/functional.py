@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
 from detmine.losses._cpu import CHUNK_ELEMENTS, GRADIENT_BUFFER, row_logsumexp_and_pick
@@ -80,6 +81,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the gradient is written into a buffer: no graph of it
     def backward(ctx, grad_out: Tensor):
         logits, labels, lse, weight = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None
@@ -316,6 +318,7 @@ class _PerAnchorSigmoidFocal(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the gradient is written into a buffer: no graph of it
     def backward(ctx, grad_out: Tensor):
         logits, labels, w_neg, w_pos = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None

@@ -82,7 +82,7 @@ def test_gradient_buffer_reuses_only_free_storage():
     assert buffer.take((4, 5), torch.float32, CPU).data_ptr() != big_ptr
 
 
-def head_steps(monkeypatch, hook=None, steps=4, fraction=0.05):
+def head_steps(monkeypatch, hook=None, anchors=(40, 40, 40, 40), fraction=0.05):
     """Softmax CE steps through a head-like module (the logits are not leaves), each with a
     different sparse gradient, against ``F.cross_entropy``; returns the buffer's rows-zeroing
     verdicts (``take_zeros``' second value) of each step."""
@@ -99,10 +99,10 @@ def head_steps(monkeypatch, hook=None, steps=4, fraction=0.05):
     monkeypatch.setattr(buffer, "take_zeros", spy)
     gen = torch.Generator().manual_seed(5)
     head = torch.nn.Linear(6, 7)
-    features = torch.randn(3, 40, 6, generator=gen)
-    for step in range(steps):
-        labels = random_labels(gen, (3, 40), 6)
-        scale = torch.rand(3, 40, generator=gen) * (torch.rand(3, 40, generator=gen) < fraction)
+    for step, count in enumerate(anchors):
+        features = torch.randn(3, count, 6, generator=gen)
+        labels = random_labels(gen, (3, count), 6)
+        scale = torch.rand(3, count, generator=gen) * (torch.rand(3, count, generator=gen) < fraction)
         logits = head(features)
         if hook is not None:
             logits.register_hook(hook)
@@ -122,6 +122,8 @@ def test_sparse_gradient_buffer_zeros_only_the_last_rows(monkeypatch):
     assert head_steps(monkeypatch) == [False, True, True, True]
     # a dense backward (most rows with gradient) leaves nothing to trust: zeroed whole each step
     assert head_steps(monkeypatch, fraction=1.0) == [False, False, False, False]
+    # another shape (fewer anchors, then back): what the last step wrote says nothing, zeroed whole
+    assert head_steps(monkeypatch, anchors=(40, 40, 25, 40, 40)) == [False, True, False, False, True]
 
 
 def test_sparse_gradient_buffer_sees_in_place_writes(monkeypatch):
