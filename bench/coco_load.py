@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _memory import reset_peak_rss, status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN2017_IMAGES = 118_287
@@ -198,14 +199,6 @@ def generate(path: Path, num_images: int, seed: int = 0) -> dict[str, int]:
 # ----------------------------------------------------------------------------- children
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def _private_kib() -> int:
     """Private_Clean + Private_Dirty of this process (what it does not share with its parent)."""
     total = 0
@@ -222,13 +215,6 @@ def _trim() -> None:
 
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current RSS; returns that RSS in KiB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kib("VmRSS")
 
 
 def _worker_pass(dataset: Any) -> None:
@@ -308,7 +294,7 @@ def child(mode: str, path: str, workers: int) -> dict[str, Any]:
     gc_alone = _fork_workers(None, 1)[0]["pass_gc_mib"] if mode == "detmine" and workers else None
     _trim()
     objects_before = len(gc.get_objects())
-    base = _reset_peak()
+    base = reset_peak_rss()
     start = time.perf_counter()
     if mode == "pycocotools":
         with contextlib.redirect_stdout(io.StringIO()):
@@ -318,7 +304,7 @@ def child(mode: str, path: str, workers: int) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # the generated degenerate boxes
             loaded = CocoDetection(os.path.dirname(path), path)
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     _trim()
     out: dict[str, Any] = {
         "mode": mode,
@@ -328,7 +314,7 @@ def child(mode: str, path: str, workers: int) -> dict[str, Any]:
         "imports_mib": base / 1024,
         "peak_mib": peak / 1024,
         "peak_above_imports_mib": (peak - base) / 1024,
-        "held_mib": (_status_kib("VmRSS") - base) / 1024,
+        "held_mib": (status_kib("VmRSS") - base) / 1024,
         "objects_added": len(gc.get_objects()) - objects_before,
     }
     if mode == "detmine":

@@ -48,6 +48,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from _memory import reset_peak_rss, status_kib
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 from torchvision.models.detection._utils import SSDMatcher
@@ -248,14 +249,6 @@ def compare(case: str, inputs: dict, ours: tuple, ref: dict) -> tuple[float, flo
     return abs_diff, rel_diff
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_mib(case: str, side: str, seed: int, device: str) -> float:
     """Peak memory of one forward + backward above the inputs (CUDA: allocator; CPU: RSS of a child)."""
     if device.startswith("cuda"):
@@ -281,14 +274,12 @@ def peak_memory_mib(case: str, side: str, seed: int, device: str) -> float:
 def memory_child(case: str, side: str, seed: int) -> None:
     inputs = make_inputs(case, seed, "cpu")
     criterion = build_ours(case) if side == "ours" else None
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = _rss_kib("VmRSS")
+    base = reset_peak_rss()
     if side == "ours":
         ours_step(case, inputs, criterion)
     else:
         tv_step(case, inputs)
-    print((_rss_kib("VmHWM") - base) / 1024)
+    print((status_kib("VmHWM") - base) / 1024)
 
 
 def main() -> int:
