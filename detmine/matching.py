@@ -160,30 +160,38 @@ def _overlap_1d(lo: Tensor, hi: Tensor, extents: Tensor) -> Tensor:
     return torch.minimum(hi, e_hi).sub_(torch.maximum(lo, e_lo)).clamp_(min=0)
 
 
-def _intersection(boxes: Tensor, intervals: AnchorIntervals) -> Tensor:
-    """``[A, B, G]`` intersection areas of ``boxes [B, G, 4]`` with the anchors.
+class _BoxOverlaps:
+    """The overlaps of ``boxes [B, G, 4]`` with the anchors, evaluated per distinct anchor
+    extent and expanded to rows of anchors on demand.
 
-    Same arithmetic as ``torchvision.ops.box_iou`` (``clamp(min(x2) - max(x1), 0)``
-    times the same in y), hence bit-identical, but evaluated per distinct extent and
-    expanded with row gathers. Anchors are the outer dimension so that the gathers
-    copy contiguous ``B * G`` rows and the reductions over ``G`` run on the inner one.
+    Same arithmetic as ``torchvision.ops.box_iou`` (``clamp(min(x2) - max(x1), 0)`` times the
+    same in y, then ``inter / (area_a + area_b - inter)``), hence bit-identical. Anchors are the
+    outer dimension so that the gathers copy contiguous ``B * G`` rows and the reductions over
+    ``G`` run on the inner one.
     """
-    x1, y1, x2, y2 = (c.contiguous() for c in boxes.unbind(-1))  # [B, G]
-    w = _overlap_1d(x1, x2, intervals.x)
-    h = _overlap_1d(y1, y2, intervals.y)
-    inter = w.index_select(0, intervals.x_index)
-    return inter.mul_(h.index_select(0, intervals.y_index))
+
+    def __init__(self, boxes: Tensor, anchors: Tensor, intervals: AnchorIntervals) -> None:
+        x1, y1, x2, y2 = (c.contiguous() for c in boxes.unbind(-1))  # [B, G]
+        self.w = _overlap_1d(x1, x2, intervals.x)  # [Ux, B, G]
+        self.h = _overlap_1d(y1, y2, intervals.y)  # [Uy, B, G]
+        self.intervals = intervals
+        self.box_area = _area(boxes)  # [B, G]
+        self.anchors = anchors
+
+    def intersection(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """``[a, B, G]`` intersection areas of anchors ``start:stop`` with the boxes."""
+        inter = self.w.index_select(0, self.intervals.x_index[start:stop])
+        return inter.mul_(self.h.index_select(0, self.intervals.y_index[start:stop]))
+
+    def iou(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """``[a, B, G]`` IoU of anchors ``start:stop`` with the boxes."""
+        inter = self.intersection(start, stop)
+        union = torch.add(self.box_area, _area(self.anchors[start:stop]).view(-1, 1, 1)).sub_(inter)
+        return inter.div_(union)
 
 
 def _area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
-def _iou_abg(boxes: Tensor, anchors: Tensor, intervals: AnchorIntervals) -> Tensor:
-    """``[A, B, G]`` IoU of every anchor with every (padded) box of every image."""
-    inter = _intersection(boxes, intervals)
-    union = torch.add(_area(boxes), _area(anchors).view(-1, 1, 1)).sub_(inter)
-    return inter.div_(union)
 
 
 def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
@@ -197,7 +205,7 @@ def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
         ``[B, G, A]`` IoU (a permuted view), equal to ``box_iou(boxes[b], anchors)``
         for every ``b`` (same operations in the same order, so bit-identical).
     """
-    return _iou_abg(boxes, anchors, AnchorIntervals.of(anchors)).permute(1, 2, 0)
+    return _BoxOverlaps(boxes, anchors, AnchorIntervals.of(anchors)).iou().permute(1, 2, 0)
 
 
 #: IoU elements per chunk of anchors (``chunk x B x G`` float32 = 1 MiB): the chunk's
@@ -229,7 +237,7 @@ class ReducedIoU:
 def _reduce_iou(
     boxes: Tensor, valid: Tensor, anchors: Tensor, intervals: AnchorIntervals, ties: bool
 ) -> ReducedIoU:
-    """The reductions of :func:`_iou_abg` that matching uses, one cache-sized chunk of anchors
+    """The reductions of the ``[A, B, G]`` IoU (:class:`_BoxOverlaps`) that matching uses, one cache-sized chunk of anchors
     at a time (bit-identical: the same element-wise IoU, reduced in anchor order).
 
     Materialising the whole ``[A, B, G]`` IoU (SSD300 x 32 images x 20 boxes: 22 MB) and
@@ -245,18 +253,7 @@ def _reduce_iou(
     num_images, num_gt = boxes.shape[:2]
     num_anchors = anchors.shape[0]
     device = anchors.device
-    x1, y1, x2, y2 = (c.contiguous() for c in boxes.unbind(-1))  # [B, G]
-    w = _overlap_1d(x1, x2, intervals.x)  # [Ux, B, G]
-    h = _overlap_1d(y1, y2, intervals.y)  # [Uy, B, G]
-    box_area = _area(boxes)
-    anchor_area = _area(anchors).view(-1, 1, 1)
-
-    def iou_rows(start: int, stop: int) -> Tensor:  # rows start:stop of _iou_abg, same arithmetic
-        inter = w.index_select(0, intervals.x_index[start:stop])
-        inter.mul_(h.index_select(0, intervals.y_index[start:stop]))
-        union = torch.add(box_area, anchor_area[start:stop]).sub_(inter)
-        return inter.div_(union)
-
+    overlaps = _BoxOverlaps(boxes, anchors, intervals)
     # at least _MIN_CHUNK_ANCHORS rows: with many boxes a cache-sized chunk would be a few
     # anchors, and the per-chunk operations would cost more than the memory traffic saved
     chunk = max(_MIN_CHUNK_ANCHORS, _IOU_CHUNK_ELEMENTS // max(1, num_images * num_gt))
@@ -267,7 +264,7 @@ def _reduce_iou(
     best_per_gt = torch.full((num_images, num_gt), -1.0, dtype=dtype, device=device)
     first_best = torch.zeros((num_images, num_gt), dtype=torch.int64, device=device)
     for start, stop in spans:
-        iou = iou_rows(start, stop)  # [a, B, G]
+        iou = overlaps.iou(start, stop)  # [a, B, G]
         torch.max(iou, dim=2, out=(best_iou[start:stop], best_gt[start:stop]))
         value, index = iou.max(dim=0)  # [B, G]; the chunk's first maximal anchor
         better = value > best_per_gt  # strictly: an earlier chunk keeps its anchor on ties
@@ -279,7 +276,7 @@ def _reduce_iou(
         target = torch.where(valid & (best_per_gt > 0), best_per_gt, 2.0)
         found_b, found_a = [], []
         for start, stop in spans:
-            tie_a, tie_b, _ = (iou_rows(start, stop) == target).nonzero(as_tuple=True)
+            tie_a, tie_b, _ = (overlaps.iou(start, stop) == target).nonzero(as_tuple=True)
             found_b.append(tie_b)
             found_a.append(tie_a + start)
         tie_index = (torch.cat(found_b), torch.cat(found_a))
@@ -442,7 +439,7 @@ class Matcher:
         return labels, matched
 
     def _apply_ignore_regions(self, anchors: Tensor, gt: PaddedTargets, labels: Tensor) -> None:
-        inter = _intersection(gt.ignore_boxes, self._intervals(anchors))  # [A, B, M]
+        inter = _BoxOverlaps(gt.ignore_boxes, anchors, self._intervals(anchors)).intersection()  # [A, B, M]
         area_a = _area(anchors).clamp(min=1e-6)
         iof = inter.amax(dim=2).t() / area_a  # [B, A]; padding rows (zero boxes) have inter 0
         labels.masked_fill_((iof >= self.ignore_iof_thresh) & (labels <= 0), -1)
