@@ -102,7 +102,7 @@ def _render(rng: np.random.Generator, size: int, empty: bool | None) -> dict[str
         if len(ys) < 4:
             continue
         rgb = _shapes.hsv_to_rgb(hue + rng.uniform(-10, 10), rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
-        _shapes.paint(img, mask, rgb, rng)
+        _shapes.paint(img, mask, rgb, rng, pixels=(ys, xs))
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         labels.append(k + 1)
         masks.append(mask.astype(bool))

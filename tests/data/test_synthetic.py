@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -113,3 +114,15 @@ def test_exactly_a_third_of_images_on_disk_are_empty(tiny_coco_root):
         assert len(ann["images"]) == n and n - len(with_objects) == round(n / 3)
         assert sorted(c["id"] for c in ann["categories"]) == [1, 2, 3, 5, 7, 9]
     assert os.path.isfile(tiny_coco_root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt")
+
+
+def test_generator_version_pins_the_pixels():
+    """The bytes of GENERATOR_VERSION 1 (digest taken from the generator as first released,
+    before its speed-ups): any change to what is drawn must bump GENERATOR_VERSION, so that
+    existing ``data/synthetic`` folders are regenerated and published APs stay comparable."""
+    digest = hashlib.sha256()
+    for i in range(6):
+        for array in render_sample((0, 0, i), 256, empty=(i == 5)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    assert synthetic.GENERATOR_VERSION == 1
+    assert digest.hexdigest() == "4dd937e34725df32fd40ea2eb76f192c36bd72f8894671db085c2056cc86b3f1"

@@ -191,6 +191,17 @@ def test_normalisation_is_imagenet_mean_std():
         [0.229, 0.224, 0.225]
     ).view(1, 3, 1, 1)
     torch.testing.assert_close(model.normalize(pixel), expected)
+    # uint8 batches: exactly x * 1 / (255 std) - mean / std, channels-last for the convolutions.
+    images = torch.randint(
+        0, 256, (2, 3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    scale = 1.0 / (255.0 * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    shift = -torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
+    normalised = model.normalize(images)
+    assert normalised.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(normalised, images.float() * scale + shift)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.zeros(3, 64, 64))
 
