@@ -143,7 +143,7 @@ def paint(
 
 
 def background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A cluttered, muted (low-saturation) background, float32 ``[size, size, 3]`` in 0..255."""
+    """A cluttered, muted (low-saturation) background, float64 ``[size, size, 3]`` in about 0..255."""
     c0 = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.8))
     c1 = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.8))
     ang = rng.uniform(0, 2 * np.pi)
@@ -168,5 +168,5 @@ def background(size: int, rng: np.random.Generator) -> np.ndarray:
         p0 = (int(rng.integers(0, size)), int(rng.integers(0, size)))
         p1 = (int(rng.integers(0, size)), int(rng.integers(0, size)))
         cv2.line(img, p0, p1, col.tolist(), int(rng.integers(1, 4)), lineType=cv2.LINE_AA)
-    img += rng.normal(0, 5.0, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 5.0, size=(size, size, 3)).astype(np.float32)
     return img
