@@ -57,7 +57,8 @@ class PhaseTimer:
     time stays with the enclosing phase (a forward inside the evaluation hook is evaluation).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[list[Any]] = []  # [label, start, seconds of nested phases]
@@ -71,13 +72,13 @@ class PhaseTimer:
         if parents is not None and self.current not in parents:
             yield
             return
-        frame = [label, time.perf_counter(), 0.0]
+        frame = [label, self.clock(), 0.0]
         self._stack.append(frame)
         try:
             yield
         finally:
             self._stack.pop()
-            elapsed = time.perf_counter() - frame[1]
+            elapsed = self.clock() - frame[1]
             self.seconds[label] += elapsed - frame[2]
             self.calls[label] += 1
             if self._stack:

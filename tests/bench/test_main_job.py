@@ -4,7 +4,6 @@ parents allow (a forward inside the evaluation hook counts as evaluation)."""
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -20,25 +19,44 @@ def main_job():
     return module
 
 
+class FakeClock:
+    """A clock that only moves when told to (no real time in these tests)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_nested_phases_are_subtracted_from_their_parent(main_job):
-    timer = main_job.PhaseTimer()
+    clock = FakeClock()
+    timer = main_job.PhaseTimer(clock)
     with timer.phase("step", ("training", None)):
-        time.sleep(0.02)
+        clock.advance(2.0)
         with timer.phase("backward", ("step",)):
-            time.sleep(0.05)
-    assert timer.calls == {"step": 1, "backward": 1}
-    assert 0.045 <= timer.seconds["backward"] < 0.5
-    assert 0.015 <= timer.seconds["step"] < 0.045  # the 0.05 s of backward is not in it
+            clock.advance(5.0)
+        clock.advance(1.0)
+    with timer.phase("step", ("training", None)):
+        clock.advance(0.5)
+    assert timer.calls == {"step": 2, "backward": 1}
+    assert timer.seconds == {"step": 3.5, "backward": 5.0}
 
 
 def test_a_phase_outside_its_parents_stays_with_the_enclosing_one(main_job):
-    timer = main_job.PhaseTimer()
-    forward = timer.wrap(lambda: time.sleep(0.03), "forward", ("step",))
+    clock = FakeClock()
+    timer = main_job.PhaseTimer(clock)
+    forward = timer.wrap(lambda: clock.advance(3.0), "forward", ("step",))
     with timer.phase("evaluation"):
         forward()
     forward()  # no phase open: not one of forward's parents either
-    assert "forward" not in timer.seconds
-    assert timer.seconds["evaluation"] >= 0.025
+    with timer.phase("step"):
+        forward()
+    assert timer.seconds == {"evaluation": 3.0, "step": 0.0, "forward": 3.0}
+    assert timer.calls == {"evaluation": 1, "step": 1, "forward": 1}
 
 
 def test_process_age_is_a_small_positive_number_on_linux(main_job):
