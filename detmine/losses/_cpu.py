@@ -110,10 +110,8 @@ class GradientBuffer:
         with self._lock:
             known, self._known = self._known, None
             out = self._take(shape, dtype)
-            if known is None or not self._on_base(out) or (known.shape, known.dtype) != (shape, dtype):
+            if known is None or not self._still_holds(known, out):
                 return out, False
-            if self._base is None or self._base._version != known.version:
-                return out, False  # someone wrote into it in place
             if known.rows is not None and known.rows.numel():
                 out.view(-1, shape[-1]).index_fill_(0, known.rows, 0)
             return out, True
@@ -132,14 +130,17 @@ class GradientBuffer:
         """True when ``tensor`` is the kept storage and still all zeros as :meth:`note_zeros` left it."""
         with self._lock:
             known = self._known
-            return (
-                known is not None
-                and known.rows is None
-                and self._on_base(tensor)
-                and (known.shape, known.dtype) == (tuple(tensor.shape), tensor.dtype)
-                and self._base is not None
-                and self._base._version == known.version
-            )
+            return known is not None and known.rows is None and self._still_holds(known, tensor)
+
+    def _still_holds(self, known: _KnownContents, tensor: Tensor) -> bool:
+        """``tensor`` is the kept storage as ``known`` describes it: the same shape and dtype,
+        and nobody wrote into it in place since (the base's version counter)."""
+        return (
+            self._on_base(tensor)
+            and (known.shape, known.dtype) == (tuple(tensor.shape), tensor.dtype)
+            and self._base is not None
+            and self._base._version == known.version
+        )
 
     def _note(self, tensor: Tensor, rows: Tensor | None) -> None:
         with self._lock:
@@ -164,12 +165,8 @@ class GradientBuffer:
                 return base[:nbytes].view(dtype).view(shape)
         self._known = None
         base = torch.empty(max(nbytes, 1), dtype=torch.uint8)
-        if (
-            self._base is None
-            or self._base.numel() < nbytes
-            or self._storage is None
-            or (_use_count(self._storage) <= self._idle_count)
-        ):
+        # a kept storage that is large enough is busy here: keep it for the next steps
+        if self._base is None or self._base.numel() < nbytes:
             self._base, self._storage = base, base.untyped_storage()
             self._idle_count = _use_count(self._storage)  # before any view of it exists
         return base[:nbytes].view(dtype).view(shape)
