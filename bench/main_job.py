@@ -94,6 +94,15 @@ class PhaseTimer:
 
         return timed
 
+    def patch(self, owner: Any, name: str, label: str, parents: tuple[str | None, ...] | None = None) -> None:
+        """Replace ``owner.name`` by its timed wrapper, once (a class patched again is left as it is)."""
+        function = getattr(owner, name)
+        if getattr(function, "_timed_by", None) is self:
+            return
+        timed = self.wrap(function, label, parents)
+        timed._timed_by = self  # type: ignore[attr-defined]
+        setattr(owner, name, timed)
+
 
 STEP = "training step: optimiser, scheduler, the rest"
 TOP = (None,)
@@ -106,37 +115,27 @@ def instrument(timer: PhaseTimer) -> None:
     from detmine.engine import builders
     from detmine.engine.trainer import Trainer
 
-    builders.prepare_data = timer.wrap(
-        builders.prepare_data, "preparing the data (generation on first use)", TOP
-    )
+    building = "building datasets, model, criterion, trainer"
+    timer.patch(builders, "prepare_data", "preparing the data (generation on first use)", TOP)
     for name in ("build_datasets", "build_model_from_config", "build_criterion_from_config"):
-        setattr(
-            builders,
-            name,
-            timer.wrap(getattr(builders, name), "building datasets, model, criterion, trainer", TOP),
-        )
+        timer.patch(builders, name, building, TOP)
     build_trainer = builders.build_trainer
 
     @functools.wraps(build_trainer)
     def build_and_instrument(*args: Any, **kwargs: Any) -> Any:
-        with timer.phase("building datasets, model, criterion, trainer", TOP):
+        with timer.phase(building, TOP):
             trainer = build_trainer(*args, **kwargs)
-        stream = type(trainer.data)
-        if not getattr(stream.__next__, "_timed", False):
-            stream.__next__ = timer.wrap(stream.__next__, "training: waiting for the loader", ("training",))
-            stream.__next__._timed = True
-        trainer.forward = timer.wrap(trainer.forward, "training step: forward", (STEP,))
-        criterion = type(trainer.criterion)  # special methods are looked up on the type
-        if not getattr(criterion.__call__, "_timed", False):
-            criterion.__call__ = timer.wrap(
-                criterion.__call__, "training step: criterion (matching, loss, mining)", (STEP,)
-            )
-            criterion.__call__._timed = True
+        timer.patch(type(trainer.data), "__next__", "training: waiting for the loader", ("training",))
+        timer.patch(trainer, "forward", "training step: forward", (STEP,))
+        # special methods are looked up on the type
+        timer.patch(
+            type(trainer.criterion), "__call__", "training step: criterion (matching, loss, mining)", (STEP,)
+        )
         return trainer
 
     builders.build_trainer = build_and_instrument
-    Trainer.train = timer.wrap(Trainer.train, "training", TOP)
-    Trainer.run_step = timer.wrap(Trainer.run_step, STEP, ("training",))
+    timer.patch(Trainer, "train", "training", TOP)
+    timer.patch(Trainer, "run_step", STEP, ("training",))
 
     def call_hooks(trainer: Trainer, stage: str) -> None:
         for hook in trainer.hooks:
@@ -144,10 +143,8 @@ def instrument(timer: PhaseTimer) -> None:
                 getattr(hook, stage)(trainer)
 
     Trainer._call = call_hooks
-    torch.Tensor.backward = timer.wrap(torch.Tensor.backward, "training step: backward", (STEP,))
-    torch.nn.utils.clip_grad_norm_ = timer.wrap(
-        torch.nn.utils.clip_grad_norm_, "training step: gradient clipping", (STEP,)
-    )
+    timer.patch(torch.Tensor, "backward", "training step: backward", (STEP,))
+    timer.patch(torch.nn.utils, "clip_grad_norm_", "training step: gradient clipping", (STEP,))
 
 
 def load_train_tool() -> Any:

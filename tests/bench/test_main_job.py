@@ -64,3 +64,18 @@ def test_process_age_is_a_small_positive_number_on_linux(main_job):
     if age is None:
         pytest.skip("no /proc here")
     assert 0.0 <= age < 3600
+
+
+def test_patch_times_a_method_once_however_often_it_is_patched(main_job):
+    clock = FakeClock()
+    timer = main_job.PhaseTimer(clock)
+
+    class Stream:
+        def __next__(self):
+            clock.advance(2.0)
+            return 1
+
+    timer.patch(Stream, "__next__", "loader")
+    timer.patch(Stream, "__next__", "loader")  # a second trainer over the same class
+    assert next(Stream()) == 1
+    assert timer.seconds == {"loader": 2.0} and timer.calls == {"loader": 1}
